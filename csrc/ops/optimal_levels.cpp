@@ -1,0 +1,199 @@
+// optimal_levels: candidates from the data (its distinct values when there are at most `candidates`
+// of them, else a grid of about `candidates` bins over [-1, 1] whose points include the uniform
+// levels, so the result is never worse than uniform), then the exact dynamic program over them.
+#include "optimal_levels.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "../../kernels/common/quantize.h"
+#include "common.h"
+
+namespace zipml::detail {
+
+namespace {
+
+struct PrefixSums {
+  std::vector<double> n, s1, s2;  // n[t] = sum of bins [0, t)
+  explicit PrefixSums(const CandidateBins& b) : n(b.count.size() + 1), s1(n.size()), s2(n.size()) {
+    for (size_t t = 0; t < b.count.size(); ++t) {
+      n[t + 1] = n[t] + b.count[t];
+      s1[t + 1] = s1[t] + b.sum[t];
+      s2[t + 1] = s2[t] + b.sum_sq[t];
+    }
+  }
+  // sum over x in the bins of (c_b - x)(x - c_a) = -c_a c_b n + (c_a + c_b) S1 - S2
+  double cost(const std::vector<double>& c, int64_t a, int64_t b) const {
+    const double cnt = n[b] - n[a], sx = s1[b] - s1[a], sxx = s2[b] - s2[a];
+    return -c[a] * c[b] * cnt + (c[a] + c[b]) * sx - sxx;
+  }
+};
+
+}  // namespace
+
+double interval_variance(const CandidateBins& bins, int64_t from, int64_t to) {
+  return PrefixSums(bins).cost(bins.points, from, to);
+}
+
+std::vector<int64_t> optimal_candidate_subset(const CandidateBins& bins, int64_t k) {
+  const int64_t m = static_cast<int64_t>(bins.points.size()) - 1;
+  std::vector<int64_t> all(m + 1);
+  for (int64_t t = 0; t <= m; ++t) all[t] = t;
+  if (m + 1 <= k) return all;
+  const PrefixSums pre(bins);
+  const double inf = std::numeric_limits<double>::infinity();
+  // best[b]: least variance of levels chosen among c[0..b] that end at c[b], using `layer` levels.
+  std::vector<double> prev(m + 1, inf), best(m + 1, inf);
+  std::vector<std::vector<int32_t>> choice(k, std::vector<int32_t>(m + 1, 0));
+  prev[0] = 0.0;
+  for (int64_t layer = 1; layer < k; ++layer) {
+    std::vector<int32_t>& arg = choice[layer];
+    // best[b] = min over a < b of prev[a] + cost(a, b); the optimal a is non-decreasing in b.
+    auto solve = [&](auto&& self, int64_t lo, int64_t hi, int64_t opt_lo, int64_t opt_hi) -> void {
+      if (lo > hi) return;
+      const int64_t mid = (lo + hi) / 2;
+      double value = inf;
+      int64_t at = opt_lo;
+      for (int64_t a = opt_lo; a <= std::min(mid - 1, opt_hi); ++a) {
+        const double v = prev[a] + pre.cost(bins.points, a, mid);
+        if (v < value) {
+          value = v;
+          at = a;
+        }
+      }
+      best[mid] = value;
+      arg[mid] = static_cast<int32_t>(at);
+      self(self, lo, mid - 1, opt_lo, at);
+      self(self, mid + 1, hi, at, opt_hi);
+    };
+    std::fill(best.begin(), best.end(), inf);
+    solve(solve, 1, m, 0, m - 1);
+    std::swap(prev, best);
+  }
+  std::vector<int64_t> chosen{m};
+  for (int64_t layer = k - 1; layer >= 1; --layer) chosen.push_back(choice[layer][chosen.back()]);
+  std::reverse(chosen.begin(), chosen.end());
+  return chosen;
+}
+
+namespace {
+
+// Candidates and bins from the data itself: each distinct value is a candidate with its mass on it.
+CandidateBins distinct_value_bins(const at::Tensor& x, const at::Tensor& scale) {
+  const at::Tensor xs = x.detach().to(at::kFloat).contiguous().cpu();
+  const at::Tensor ss = scale.contiguous().cpu();
+  const int64_t numel = xs.numel(), inner = numel / std::max<int64_t>(ss.numel(), 1);
+  const float* xp = xs.data_ptr<float>();
+  const float* sp = ss.data_ptr<float>();
+  const kernel::Levels unit{nullptr, 2};
+  std::vector<float> v(numel);
+  for (int64_t i = 0; i < numel; ++i) {
+    const float s = sp[i / inner];
+    TORCH_CHECK_VALUE(kernel::is_finite(xp[i]) && kernel::valid_scale(s),
+                      "optimal_levels: x contains NaN or Inf (or the scale does)");
+    v[i] = kernel::normalize(xp[i], kernel::inverse_scale(s), unit);
+  }
+  std::sort(v.begin(), v.end());
+  CandidateBins bins;
+  for (int64_t i = 0; i < numel; ++i) {
+    if (bins.points.empty() || v[i] != bins.points.back()) {
+      bins.points.push_back(v[i]);
+      bins.count.push_back(0.0);
+    }
+    bins.count.back() += 1.0;
+  }
+  bins.count.pop_back();  // mass on the last point costs nothing in any interval
+  for (size_t t = 0; t < bins.count.size(); ++t) {
+    bins.sum.push_back(bins.count[t] * bins.points[t]);
+    bins.sum_sq.push_back(bins.count[t] * bins.points[t] * bins.points[t]);
+  }
+  return bins;
+}
+
+// Candidates {min v} + the grid points -1 + 2t/B strictly between min v and max v + {max v}; the
+// histogram bins of the kernel merged into the intervals between consecutive candidates.
+CandidateBins histogram_bins(const at::Tensor& x, const at::Tensor& scale, int64_t grid) {
+  static const auto histogram = c10::Dispatcher::singleton()
+                                    .findSchemaOrThrow("zipml::_level_histogram", "")
+                                    .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                              int64_t)>();
+  auto [stats_dev, range_dev] = histogram.call(x.detach(), scale, grid);
+  const at::Tensor stats = stats_dev.cpu(), range = range_dev.cpu();
+  const double* st = stats.data_ptr<double>();
+  const float lo = range.data_ptr<float>()[0], hi = range.data_ptr<float>()[1];
+  CandidateBins bins;
+  bins.points.push_back(lo);
+  std::vector<int64_t> first_bin{0};  // histogram bin where each candidate interval starts
+  for (int64_t t = 1; t < grid; ++t) {
+    const float g = static_cast<float>(-1.0 + 2.0 * static_cast<double>(t) / static_cast<double>(grid));
+    if (g > lo && g < hi) {
+      bins.points.push_back(g);
+      first_bin.push_back(t);
+    }
+  }
+  if (hi > lo) {
+    bins.points.push_back(hi);
+    first_bin.push_back(grid);
+  }
+  const int64_t intervals = static_cast<int64_t>(bins.points.size()) - 1;
+  bins.count.assign(intervals, 0.0);
+  bins.sum.assign(intervals, 0.0);
+  bins.sum_sq.assign(intervals, 0.0);
+  for (int64_t j = 0; j < intervals; ++j) {
+    for (int64_t t = first_bin[j]; t < first_bin[j + 1]; ++t) {
+      bins.count[j] += st[3 * t];
+      bins.sum[j] += st[3 * t + 1];
+      bins.sum_sq[j] += st[3 * t + 2];
+    }
+  }
+  return bins;
+}
+
+at::Tensor optimal_levels(const at::Tensor& x, int64_t num_levels, int64_t candidates,
+                          const std::optional<at::Tensor>& scale_in) {
+  const char* op = "optimal_levels";
+  check_float_input(x, op);
+  TORCH_CHECK_VALUE(num_levels >= 2 && num_levels <= 256, op, ": num_levels must be from 2 to 256, got ",
+                    num_levels);
+  TORCH_CHECK_VALUE(candidates >= 2, op, ": candidates must be at least 2, got ", candidates);
+  at::Tensor scale;
+  if (scale_in) {
+    check_float_input(*scale_in, op, "scale");
+    TORCH_CHECK_VALUE(scale_in->device() == x.device(), op, ": scale is on ", scale_in->device(), " but x is on ",
+                      x.device());
+    scale = scale_in->detach().to(at::kFloat).contiguous();
+    granularity_of_scale(x, scale, op);
+  } else {
+    scale = absmax_scale(x, Granularity::Tensor);
+  }
+  const at::TensorOptions out_options = x.options().dtype(at::kFloat);
+  if (values_unavailable(x)) return at::empty({num_levels}, out_options);
+
+  CandidateBins bins;
+  if (x.numel() <= candidates) {
+    bins = distinct_value_bins(x, scale);
+  } else {
+    // A multiple of K-1 bins puts every uniform level on the grid.
+    const int64_t grid = (candidates + num_levels - 2) / (num_levels - 1) * (num_levels - 1);
+    bins = histogram_bins(x, scale, grid);
+  }
+  std::vector<float> levels;
+  if (!bins.points.empty())
+    for (int64_t t : optimal_candidate_subset(bins, num_levels)) levels.push_back(static_cast<float>(bins.points[t]));
+  // Fewer distinct candidates than levels: fill with uniform levels, which receive no data.
+  const at::Tensor grid_levels = uniform_levels(num_levels, at::kFloat);
+  const float* u = grid_levels.data_ptr<float>();
+  for (int64_t i = 0; static_cast<int64_t>(levels.size()) < num_levels && i < num_levels; ++i)
+    if (std::find(levels.begin(), levels.end(), u[i]) == levels.end()) levels.push_back(u[i]);
+  std::sort(levels.begin(), levels.end());
+  return at::tensor(levels, at::kFloat).to(out_options);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(zipml, CompositeExplicitAutograd, m) { m.impl("optimal_levels", &optimal_levels); }
+
+}  // namespace zipml::detail

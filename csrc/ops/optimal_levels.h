@@ -1,0 +1,24 @@
+// Variance-optimal quantization levels (ZipML, arXiv 1611.05402, Section 5).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace zipml::detail {
+
+// Data summarized between sorted candidate points c[0] < ... < c[m]: bin t holds the count, sum and
+// sum of squares of the values in [c[t], c[t+1]].
+struct CandidateBins {
+  std::vector<double> points;  // m + 1 candidates
+  std::vector<double> count, sum, sum_sq;  // m bins
+};
+
+// Total stochastic-rounding variance sum (b - x)(x - a) of the data in bins [from, to) when c[from] and
+// c[to] are consecutive levels.
+double interval_variance(const CandidateBins& bins, int64_t from, int64_t to);
+
+// Indices of at most k candidates, c[0] and c[m] included, that minimise the total variance: the
+// dynamic program over candidates, O(k m^2) in the paper, here O(k m log m) by divide and conquer,
+// exact because the interval cost is a Monge matrix.
+std::vector<int64_t> optimal_candidate_subset(const CandidateBins& bins, int64_t k);
+
+}  // namespace zipml::detail
