@@ -67,11 +67,12 @@ at::Tensor fake_quantize(const at::Tensor& x, const QuantizeOptions& o) {
 }
 
 at::Tensor& fake_quantize_out(at::Tensor& out, const at::Tensor& x, const QuantizeOptions& o) {
-  static const auto h = op<at::Tensor&(const at::Tensor&, int64_t, c10::string_view, c10::string_view,
-                                       const OptTensor&, c10::string_view, const OptTensor&, int64_t, int64_t,
-                                       int64_t, at::Tensor&)>("zipml::fake_quantize", "out");
-  return h.call(x, o.bits(), name(o.rounding()), name(o.levels()), o.codebook(), granularity_name(o), o.scale(),
-                seed_of(o.seed()), static_cast<int64_t>(o.offset()), o.candidates(), out);
+  static const auto h = op<void(const at::Tensor&, int64_t, c10::string_view, c10::string_view, const OptTensor&,
+                                c10::string_view, const OptTensor&, int64_t, int64_t, int64_t, at::Tensor&)>(
+      "zipml::fake_quantize", "out");
+  h.call(x, o.bits(), name(o.rounding()), name(o.levels()), o.codebook(), granularity_name(o), o.scale(),
+         seed_of(o.seed()), static_cast<int64_t>(o.offset()), o.candidates(), out);
+  return out;
 }
 
 at::Tensor quantize_grad(const at::Tensor& x, int64_t bits, Granularity granularity, std::optional<uint64_t> seed,

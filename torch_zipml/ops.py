@@ -127,7 +127,8 @@ def fake_quantize(
     kwargs = dict(rounding=rounding, levels=lv, codebook=codebook, granularity=gran, scale=scale,
                   seed=_seed(seed), offset=offset, candidates=candidates)
     if out is not None:
-        return _ops.fake_quantize.out(x, bits, out=out, **kwargs)
+        _ops.fake_quantize.out(x, bits, out=out, **kwargs)
+        return out
     return _ops.fake_quantize(x, bits, **kwargs)
 
 
@@ -189,6 +190,14 @@ def cpu_isa(isa: str = "") -> str:
 
 # ---- fake (meta) implementations, for torch.compile ---------------------------------------------
 
+def _check_devices(op: str, x: torch.Tensor, **others) -> None:
+    """As the real kernels do: every tensor argument on x's device (meta tensors would otherwise
+    route a mixed call here)."""
+    for name, t in others.items():
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
+
+
 def _scale_shape(x: torch.Tensor, granularity: str, scale: Optional[torch.Tensor]):
     if granularity == "auto":
         if scale.numel() == 1:
@@ -210,42 +219,50 @@ def _num_levels(bits, levels, codebook):
 
 
 @torch.library.register_fake("zipml::quantize")
-def _(x, bits, *, rounding, levels, codebook, granularity, scale, seed, offset, candidates):
+def _(x, bits, *, levels="uniform", codebook=None, granularity="tensor", scale=None, **_):
+    _check_devices("quantize", x, codebook=codebook, scale=scale)
     codes = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
     s = x.new_empty(_scale_shape(x, granularity, scale), dtype=torch.float32)
     return codes, s, x.new_empty(_num_levels(bits, levels, codebook), dtype=torch.float32)
 
 
 @torch.library.register_fake("zipml::dequantize")
-def _(codes, scale, levels, *, dtype):
+def _(codes, scale, levels, *, dtype=torch.float32):
     return torch.empty(codes.shape, dtype=dtype, device=codes.device)
 
 
 @torch.library.register_fake("zipml::fake_quantize")
-def _(x, bits, *, rounding, levels, codebook, granularity, scale, seed, offset, candidates):
+def _(x, bits, *, codebook=None, scale=None, **_):
+    _check_devices("fake_quantize", x, codebook=codebook, scale=scale)
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
+@torch.library.register_fake("zipml::fake_quantize.out")
+def _(x, bits, *, out, **_):
+    return None
+
+
 @torch.library.register_fake("zipml::quantize_grad")
-def _(x, bits, *, granularity, seed, offset):
+def _(x, bits, **_):
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
 @torch.library.register_fake("zipml::double_sample")
-def _(x, bits, *, levels, codebook, granularity, scale, seed, offset, candidates):
+def _(x, bits, *, levels="uniform", codebook=None, granularity="tensor", scale=None, **_):
+    _check_devices("double_sample", x, codebook=codebook, scale=scale)
     index = torch.empty(x.shape, dtype=torch.uint8, device=x.device)
     s = x.new_empty(_scale_shape(x, granularity, scale), dtype=torch.float32)
     return index, torch.empty_like(index), s, x.new_empty(_num_levels(bits, levels, codebook), dtype=torch.float32)
 
 
 @torch.library.register_fake("zipml::double_sample_decode")
-def _(index, up, scale, levels, *, dtype):
+def _(index, up, scale, levels, *, dtype=torch.float32):
     return (torch.empty(index.shape, dtype=dtype, device=index.device),
             torch.empty(index.shape, dtype=dtype, device=index.device))
 
 
 @torch.library.register_fake("zipml::optimal_levels")
-def _(x, num_levels, *, candidates, scale):
+def _(x, num_levels, **_):
     return x.new_empty(num_levels, dtype=torch.float32)
 
 
@@ -282,6 +299,11 @@ def _(x, scale, table, num_levels, seed, offset):
 @torch.library.register_fake("zipml::_dequantize_codes")
 def _(codes, up, up_bit, scale, table, dtype):
     return torch.empty(codes.shape, dtype=dtype, device=codes.device)
+
+
+@torch.library.register_fake("zipml::_ste_mask")
+def _(x, levels, codebook, granularity, scale):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
 @torch.library.register_fake("zipml::_level_histogram")

@@ -32,6 +32,12 @@ void check_bits(int64_t bits, const char* op) {
   TORCH_CHECK_VALUE(bits >= 1 && bits <= 8, op, ": bits must be an integer from 1 to 8, got ", bits);
 }
 
+at::Tensor to_float(const at::Tensor& t) { return t.scalar_type() == at::kFloat ? t : t.to(at::kFloat); }
+
+at::Tensor to_options(const at::Tensor& t, const at::TensorOptions& options) {
+  return t.scalar_type() == options.dtype() && t.device() == options.device() ? t : t.to(options);
+}
+
 bool values_unavailable(const at::Tensor& t) {
   return t.is_meta() || t.key_set().has(c10::DispatchKey::Python) ||
          t.key_set().has(c10::DispatchKey::Functionalize);
@@ -53,8 +59,11 @@ at::Tensor absmax_scale(const at::Tensor& x, Granularity granularity) {
   std::vector<int64_t> dims;
   for (int64_t d = 0; d < x.dim(); ++d)
     if (shape[d] == 1 && x.size(d) != 1) dims.push_back(d);
-  if (dims.empty()) return x.abs().to(at::kFloat).reshape(shape);
-  return at::linalg_vector_norm(x, std::numeric_limits<double>::infinity(), dims, /*keepdim=*/true, at::kFloat);
+  if (dims.empty()) return to_float(x.abs()).reshape(shape);
+  // float64 reduces natively (no narrowing allowed), then rounds: max commutes with rounding.
+  const auto reduce_dtype = x.scalar_type() == at::kDouble ? std::optional<at::ScalarType>() : at::kFloat;
+  return to_float(
+      at::linalg_vector_norm(x, std::numeric_limits<double>::infinity(), dims, /*keepdim=*/true, reduce_dtype));
 }
 
 namespace {
@@ -97,7 +106,7 @@ at::Tensor uniform_levels(int64_t count, const at::TensorOptions& options) {
   at::Tensor table = at::empty({count}, at::kFloat);
   float* t = table.data_ptr<float>();
   for (int64_t i = 0; i < count; ++i) t[i] = static_cast<float>(2 * i - (count - 1)) * step;
-  return table.to(options.dtype(at::kFloat));
+  return to_options(table, options.dtype(at::kFloat));
 }
 
 at::Tensor Resolved::levels() const {
@@ -113,17 +122,17 @@ at::Tensor checked_scale(const at::Tensor& x, const at::Tensor& scale, Granulari
   TORCH_CHECK_VALUE(scale_fits(x, scale, granularity), op, ": a ", name_of(granularity), " scale for x of shape ",
                     x.sizes(), " has shape ", at::IntArrayRef(want), " (or ", product(want),
                     " elements in 1-D), got ", scale.sizes());
-  return scale.detach().to(at::kFloat).contiguous().reshape(want);
+  return to_float(scale.detach()).contiguous().reshape(want);
 }
 
 at::Tensor checked_codebook(const at::Tensor& x, const at::Tensor& codebook, int64_t bits, const char* op) {
   check_float_input(codebook, op, "codebook");
-  TORCH_CHECK_VALUE(codebook.device() == x.device(), op, ": codebook (levels) is on ", codebook.device(),
+  TORCH_CHECK_VALUE(codebook.device() == x.device(), op, ": codebook is on ", codebook.device(),
                     " but x is on ", x.device());
   TORCH_CHECK_VALUE(codebook.dim() == 1 && codebook.numel() >= 1 && codebook.numel() <= (int64_t{1} << bits), op,
                     ": codebook must be a 1-D tensor of 1 to 2^bits = ", int64_t{1} << bits,
                     " levels, got shape ", codebook.sizes());
-  const at::Tensor table = codebook.detach().to(at::kFloat).contiguous();
+  const at::Tensor table = to_float(codebook.detach()).contiguous();
   if (!values_unavailable(table)) {
     const at::Tensor cpu = table.cpu();
     const float* t = cpu.data_ptr<float>();
@@ -186,6 +195,8 @@ void check_codes_scale_levels(const at::Tensor& codes, const at::Tensor& scale, 
                     ") must be on one device");
   TORCH_CHECK_VALUE(levels.dim() == 1 && levels.numel() >= 1 && levels.numel() <= 256, op,
                     ": levels must be a 1-D tensor of 1 to 256 values, got shape ", levels.sizes());
+  TORCH_CHECK_VALUE(scale.numel() == 1 || scale.dim() == codes.dim(), op, ": scale must have one element or the ",
+                    "keepdim shape quantize returns (", codes.dim(), " dims), got shape ", scale.sizes());
   granularity_of_scale(codes, scale, op);
 }
 

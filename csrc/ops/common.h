@@ -18,6 +18,11 @@ Granularity parse_granularity(std::string_view granularity, const char* op);
 void check_float_input(const at::Tensor& x, const char* op, const char* name = "x");
 void check_bits(int64_t bits, const char* op);
 
+// t as float32 (t itself when it already is: operators must not return an alias of an input
+// through a no-op aten::to, which schema checks reject).
+at::Tensor to_float(const at::Tensor& t);
+at::Tensor to_options(const at::Tensor& t, const at::TensorOptions& options);
+
 // True for fake, meta and functional tensors, whose values cannot be read.
 bool values_unavailable(const at::Tensor& t);
 

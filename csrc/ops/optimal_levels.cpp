@@ -83,7 +83,7 @@ namespace {
 
 // Candidates and bins from the data itself: each distinct value is a candidate with its mass on it.
 CandidateBins distinct_value_bins(const at::Tensor& x, const at::Tensor& scale) {
-  const at::Tensor xs = x.detach().to(at::kFloat).contiguous().cpu();
+  const at::Tensor xs = to_float(x.detach()).contiguous().cpu();
   const at::Tensor ss = scale.contiguous().cpu();
   const int64_t numel = xs.numel(), inner = numel / std::max<int64_t>(ss.numel(), 1);
   const float* xp = xs.data_ptr<float>();
@@ -164,7 +164,7 @@ at::Tensor optimal_levels(const at::Tensor& x, int64_t num_levels, int64_t candi
     check_float_input(*scale_in, op, "scale");
     TORCH_CHECK_VALUE(scale_in->device() == x.device(), op, ": scale is on ", scale_in->device(), " but x is on ",
                       x.device());
-    scale = scale_in->detach().to(at::kFloat).contiguous();
+    scale = to_float(scale_in->detach()).contiguous();
     granularity_of_scale(x, scale, op);
   } else {
     scale = absmax_scale(x, Granularity::Tensor);
@@ -189,7 +189,7 @@ at::Tensor optimal_levels(const at::Tensor& x, int64_t num_levels, int64_t candi
   for (int64_t i = 0; static_cast<int64_t>(levels.size()) < num_levels && i < num_levels; ++i)
     if (std::find(levels.begin(), levels.end(), u[i]) == levels.end()) levels.push_back(u[i]);
   std::sort(levels.begin(), levels.end());
-  return at::tensor(levels, at::kFloat).to(out_options);
+  return to_options(at::tensor(levels, at::kFloat), out_options);
 }
 
 }  // namespace

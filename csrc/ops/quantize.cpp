@@ -1,6 +1,7 @@
 // The public quantization operators: option resolution (common.h) in front of the device kernels,
 // and their autograd, registered in C++ so that LibTorch users get the same backward as Python.
 #include <torch/autograd.h>
+#include <ATen/ExpandUtils.h>
 #include <torch/library.h>
 
 #include "../../kernels/common/quantize.h"
@@ -77,38 +78,61 @@ at::Tensor fake_quantize(const at::Tensor& x, int64_t bits, c10::string_view rou
       .out;
 }
 
-at::Tensor& fake_quantize_out(const at::Tensor& x, int64_t bits, c10::string_view rounding, c10::string_view levels,
-                              const OptTensor& codebook, c10::string_view granularity, const OptTensor& scale,
-                              int64_t seed, int64_t offset, int64_t candidates, at::Tensor& out) {
+void fake_quantize_out(const at::Tensor& x, int64_t bits, c10::string_view rounding, c10::string_view levels,
+                       const OptTensor& codebook, c10::string_view granularity, const OptTensor& scale, int64_t seed,
+                       int64_t offset, int64_t candidates, at::Tensor& out) {
   run_fake_quantize(x, bits, rounding, levels, codebook, granularity, scale, seed, offset, candidates, out,
                     "fake_quantize");
-  return out;
+}
+
+// 1 where x lies within the levels' range [L_0 * s, L_K-1 * s], else 0, in x's dtype. Uniform and
+// optimal levels span [-1, 1] in units of the scale as far as clipping goes: optimal levels end at
+// the extreme normalised values, which are clamped to [-1, 1].
+at::Tensor ste_mask(const at::Tensor& x, c10::string_view levels, const OptTensor& codebook,
+                    c10::string_view granularity, const OptTensor& scale) {
+  const char* op = "fake_quantize backward";
+  const Resolved r = resolve(x, 8, levels == "codebook" ? levels : "uniform", codebook, granularity, scale, 0, op);
+  const at::Tensor table = r.levels();
+  const at::Tensor v = to_float(x) * inverse_scale(r.scale);
+  return ((v >= table.narrow(0, 0, 1)) & (v <= table.narrow(0, table.numel() - 1, 1))).to(x.scalar_type());
 }
 
 // Straight-through estimator: the gradient passes unchanged where x lies within the levels' range
-// [L_0 * s, L_K-1 * s] and is zero where the quantizer clipped x.
+// and is zero where the quantizer clipped x, which only a given scale or a codebook can make happen.
+// Shape-free on purpose: torch.compile traces it with symbolic shapes.
 class FakeQuantizeFunction : public torch::autograd::Function<FakeQuantizeFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, int64_t bits, c10::string_view rounding,
                             c10::string_view levels, const OptTensor& codebook, c10::string_view granularity,
                             const OptTensor& scale, int64_t seed, int64_t offset, int64_t candidates) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("zipml::fake_quantize", "")
+                               .typed<at::Tensor(const at::Tensor&, int64_t, c10::string_view, c10::string_view,
+                                                 const OptTensor&, c10::string_view, const OptTensor&, int64_t,
+                                                 int64_t, int64_t)>();
     at::AutoDispatchBelowADInplaceOrView guard;
-    FakeQuantized q = run_fake_quantize(x, bits, rounding, levels, codebook, granularity, scale, seed, offset,
-                                        candidates, std::nullopt, "fake_quantize");
-    ctx->saved_data["may_clip"] = q.resolved.may_clip;
-    if (q.resolved.may_clip) {
-      const at::Tensor table = q.resolved.levels();
-      ctx->save_for_backward({x, q.resolved.scale, table.narrow(0, 0, 1), table.narrow(0, table.numel() - 1, 1)});
+    const bool may_clip = scale.has_value() || levels == "codebook";
+    ctx->saved_data["may_clip"] = may_clip;
+    if (may_clip) {
+      ctx->saved_data["levels"] = std::string(levels);
+      ctx->saved_data["granularity"] = std::string(granularity);
+      ctx->save_for_backward({x, codebook.value_or(at::Tensor()), scale.value_or(at::Tensor())});
     }
-    return q.out;
+    return op.call(x, bits, rounding, levels, codebook, granularity, scale, seed, offset, candidates);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto mask_op = c10::Dispatcher::singleton()
+                                    .findSchemaOrThrow("zipml::_ste_mask", "")
+                                    .typed<at::Tensor(const at::Tensor&, c10::string_view, const OptTensor&,
+                                                      c10::string_view, const OptTensor&)>();
     at::Tensor grad = grads[0];
     if (ctx->saved_data["may_clip"].toBool()) {
       const variable_list saved = ctx->get_saved_variables();
-      const at::Tensor v = saved[0].to(at::kFloat) * inverse_scale(saved[1]);
-      grad = grad * ((v >= saved[2]) & (v <= saved[3])).to(grad.scalar_type());
+      const auto optional = [](const at::Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; };
+      const at::Tensor mask = mask_op.call(saved[0], ctx->saved_data["levels"].toStringRef(), optional(saved[1]),
+                                           ctx->saved_data["granularity"].toStringRef(), optional(saved[2]));
+      grad = grad * mask.to(grad.scalar_type());
     }
     return {grad, {}, {}, {}, {}, {}, {}, {}, {}, {}};
   }
@@ -184,9 +208,13 @@ class DequantizeFunction : public torch::autograd::Function<DequantizeFunction> 
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& codes, const at::Tensor& scale,
                             const at::Tensor& levels, at::ScalarType dtype) {
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("zipml::dequantize", "")
+                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                 at::ScalarType)>();
     at::AutoDispatchBelowADInplaceOrView guard;
     ctx->save_for_backward({codes, scale, levels});
-    return dequantize(codes, scale, levels, dtype);
+    return op.call(codes, scale, levels, dtype);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -194,18 +222,12 @@ class DequantizeFunction : public torch::autograd::Function<DequantizeFunction> 
     const at::Tensor& codes = saved[0];
     const at::Tensor& scale = saved[1];
     const at::Tensor& levels = saved[2];
-    const at::Tensor grad = grads[0].to(at::kFloat);
-    const at::Tensor index = codes.to(at::kLong).reshape(-1);
+    const at::Tensor grad = to_float(grads[0]);
+    const at::Tensor index = codes.to(at::kLong);
     at::Tensor grad_scale, grad_levels;
-    if (ctx->needs_input_grad(1)) {
-      const at::Tensor per_element = grad * levels.index_select(0, index).reshape(codes.sizes());
-      grad_scale = scale.numel() == 1 ? per_element.sum().reshape(scale.sizes())
-                                      : per_element.sum_to_size(scale.sizes());
-    }
-    if (ctx->needs_input_grad(2)) {
-      const at::Tensor weighted = (grad * scale.expand(codes.sizes())).reshape(-1);
-      grad_levels = at::zeros_like(levels).index_add_(0, index, weighted);
-    }
+    if (ctx->needs_input_grad(1)) grad_scale = at::sum_to(grad * levels.index({index}), scale.sym_sizes());
+    if (ctx->needs_input_grad(2))
+      grad_levels = at::zeros_like(levels).index_add_(0, index.reshape(-1), (grad * scale).reshape(-1));
     return {{}, grad_scale, grad_levels, {}};
   }
 };
@@ -246,6 +268,7 @@ TORCH_LIBRARY_IMPL(zipml, CompositeExplicitAutograd, m) {
   m.impl("quantize_grad", &quantize_grad);
   m.impl("double_sample", &double_sample);
   m.impl("double_sample_decode", &double_sample_decode);
+  m.impl("_ste_mask", &ste_mask);
 }
 
 TORCH_LIBRARY_IMPL(zipml, Autograd, m) {

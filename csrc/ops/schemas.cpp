@@ -14,7 +14,8 @@ TORCH_LIBRARY(zipml, m) {
       "Tensor? codebook=None, str granularity=\"tensor\", Tensor? scale=None, int seed=0, int offset=0, "
       "int candidates=1024) -> (Tensor codes, Tensor scale, Tensor levels)");
   m.def("dequantize(Tensor codes, Tensor scale, Tensor levels, *, ScalarType dtype=float) -> Tensor");
-  // quantize + dequantize in one pass; backward is the straight-through estimator.
+  // quantize + dequantize in one pass; backward is the straight-through estimator. The out variant
+  // returns nothing (custom operators cannot return aliases and stay functionalizable).
   m.def(
       "fake_quantize(Tensor x, int bits, *, str rounding=\"stochastic\", str levels=\"uniform\", "
       "Tensor? codebook=None, str granularity=\"tensor\", Tensor? scale=None, int seed=0, int offset=0, "
@@ -22,7 +23,7 @@ TORCH_LIBRARY(zipml, m) {
   m.def(
       "fake_quantize.out(Tensor x, int bits, *, str rounding=\"stochastic\", str levels=\"uniform\", "
       "Tensor? codebook=None, str granularity=\"tensor\", Tensor? scale=None, int seed=0, int offset=0, "
-      "int candidates=1024, Tensor(a!) out) -> Tensor(a!)");
+      "int candidates=1024, Tensor(a!) out) -> ()");
   // Identity forward; backward quantizes the incoming gradient stochastically (unbiased).
   m.def("quantize_grad(Tensor x, int bits, *, str granularity=\"tensor\", int seed=0, int offset=0) -> Tensor");
   // Two independent stochastic samples stored as one interval index plus two round-up bits
@@ -52,6 +53,10 @@ TORCH_LIBRARY(zipml, m) {
   m.def(
       "_dequantize_codes(Tensor codes, Tensor? up, int up_bit, Tensor scale, Tensor table, ScalarType dtype) "
       "-> Tensor");
+  // 1 where fake_quantize with these options passes the gradient (x within the levels' range), 0 where
+  // it clips; device-independent, used by the straight-through backward.
+  m.def(
+      "_ste_mask(Tensor x, str levels, Tensor? codebook, str granularity, Tensor? scale) -> Tensor");
   m.def("_level_histogram(Tensor x, Tensor scale, int bins) -> (Tensor, Tensor)");
   m.def("_pack(Tensor codes, int bits) -> Tensor");
   m.def("_unpack(Tensor packed, int bits, int numel) -> Tensor");

@@ -1,0 +1,138 @@
+"""Slow, obvious references for the zipml kernels, written from the definitions (numpy, float32).
+
+Philox4x32-10 follows Random123; quantization follows kernels/common/quantize.h and ZipML §2:
+v = clamp(x * (1/s), L_0, L_K-1), v in [L_j, L_j+1], frac = (v - L_j) / (L_j+1 - L_j) (for the
+uniform grid t = (v + 1)(K - 1)/2, j = min(floor t, K - 2), frac = t - j), stochastic rounding up iff
+(word >> 8) * 2^-24 < frac, nearest up iff frac >= 1/2, value = L_code * s.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+M0, M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+W0, W1 = 0x9E3779B9, 0xBB67AE85
+MASK32 = np.uint64(0xFFFFFFFF)
+
+
+def philox4x32_10(ctr, key):
+    """ctr: 4 arrays of uint32 words, key: 2 ints. Returns 4 arrays (vectorised over the counters)."""
+    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) for c in ctr)
+    k0, k1 = int(key[0]) & 0xFFFFFFFF, int(key[1]) & 0xFFFFFFFF
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + W0) & 0xFFFFFFFF, (k1 + W1) & 0xFFFFFFFF
+        p0, p1 = M0 * c0, M1 * c2
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & MASK32,
+                          (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & MASK32)
+    return [c.astype(np.uint32) for c in (c0, c1, c2, c3)]
+
+
+def philox_words(seed: int, offset: int, n: int) -> np.ndarray:
+    """The random word of elements 0..n-1 of stream (seed, offset)."""
+    seed &= (1 << 64) - 1
+    blocks = np.arange((n + 3) // 4, dtype=np.uint64)
+    ctr = [blocks & MASK32, blocks >> np.uint64(32),
+           np.full_like(blocks, offset & 0xFFFFFFFF), np.full_like(blocks, (offset >> 32) & 0xFFFFFFFF)]
+    words = philox4x32_10(ctr, (seed & 0xFFFFFFFF, seed >> 32))
+    return np.stack(words, axis=1).reshape(-1)[:n]
+
+
+def uniform_levels(k: int) -> np.ndarray:
+    step = np.float32(1.0) / np.float32(k - 1)
+    return (np.arange(k, dtype=np.float32) * 2 - np.float32(k - 1)).astype(np.float32) * step
+
+
+def _locate(v: np.ndarray, levels: np.ndarray, uniform: bool):
+    k = len(levels)
+    if uniform:
+        t = (v + np.float32(1.0)) * np.float32(0.5 * (k - 1))
+        j = np.minimum(t.astype(np.int64), k - 2)
+        return j, (t - j.astype(np.float32)).astype(np.float32)
+    if k < 2:
+        return np.zeros(v.shape, np.int64), np.zeros(v.shape, np.float32)
+    j = np.clip(np.searchsorted(levels, v, side="right") - 1, 0, k - 2)
+    lo, hi = levels[j], levels[j + 1]
+    return j, ((v - lo) / (hi - lo)).astype(np.float32)
+
+
+def inverse_scale(s: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", over="ignore"):
+        inv = np.float32(1.0) / s.astype(np.float32)
+    return np.where((s > 0) & (inv <= np.finfo(np.float32).max), inv, np.float32(0)).astype(np.float32)
+
+
+def groups(x: torch.Tensor, granularity: str) -> int:
+    if x.dim() == 0 or granularity == "tensor":
+        return 1
+    if granularity == "channel":
+        return x.shape[0]
+    return x.numel() // x.shape[-1] if x.shape[-1] else 0
+
+
+def absmax_scale(x: torch.Tensor, granularity: str) -> np.ndarray:
+    g = groups(x, granularity)
+    flat = x.detach().to(torch.float32).reshape(max(g, 1), -1) if x.numel() else None
+    if flat is None:
+        return np.zeros(g, np.float32)
+    return flat.abs().amax(dim=1).numpy().astype(np.float32)
+
+
+def quantize_codes(x: torch.Tensor, bits: int, *, levels=None, scale=None, granularity="tensor",
+                   rounding="stochastic", seed=0, offset=0, stream_offset=0):
+    """Reference codes (int64, flat) and the (scale per group, levels) used. `levels`=None: uniform."""
+    xs = x.detach().to(torch.float32).contiguous().reshape(-1).numpy()
+    uniform = levels is None
+    table = uniform_levels(1 << bits) if uniform else np.asarray(levels, np.float32)
+    s = absmax_scale(x, granularity) if scale is None else np.asarray(scale, np.float32).reshape(-1)
+    g = max(len(s), 1)
+    inner = xs.size // g if xs.size else 1
+    s_el = np.repeat(s, inner) if xs.size else np.zeros(0, np.float32)
+    v = np.minimum(np.maximum(xs * np.repeat(inverse_scale(s), inner), table[0]), table[-1])
+    j, frac = _locate(v.astype(np.float32), table, uniform)
+    if rounding == "nearest":
+        up = frac >= np.float32(0.5)
+    else:
+        words = philox_words(seed, offset + stream_offset, xs.size)
+        up = (words >> 8).astype(np.float32) * np.float32(2.0**-24) < frac
+    return (j + up).astype(np.int64), s_el, table
+
+
+def fake_quantize(x: torch.Tensor, bits: int, **kw) -> torch.Tensor:
+    codes, s_el, table = quantize_codes(x, bits, **kw)
+    xs = x.detach().to(torch.float32).contiguous().reshape(-1).numpy()
+    out = (table[codes] * s_el).astype(np.float32)
+    bad = ~np.isfinite(xs) | ~((s_el >= 0) & (s_el <= np.finfo(np.float32).max))
+    out[bad] = np.nan
+    return torch.from_numpy(out).reshape(x.shape).to(x.dtype)
+
+
+def double_sample(x: torch.Tensor, bits: int, **kw):
+    """(index, up) of the compact two-sample store, from streams offset and offset + 1."""
+    c1, _, _ = quantize_codes(x, bits, stream_offset=0, **kw)
+    c2, _, table = quantize_codes(x, bits, stream_offset=1, **kw)
+    xs = x.detach().to(torch.float32).contiguous().reshape(-1).numpy()
+    s = kw.get("scale")
+    s = absmax_scale(x, kw.get("granularity", "tensor")) if s is None else np.asarray(s, np.float32).reshape(-1)
+    inner = xs.size // max(len(s), 1) if xs.size else 1
+    v = np.minimum(np.maximum(xs * np.repeat(inverse_scale(s), inner), table[0]), table[-1])
+    j, _ = _locate(v.astype(np.float32), table, kw.get("levels") is None)
+    return j, (c1 - j) | ((c2 - j) << 1)
+
+
+def pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Bit by bit: code i occupies bits [i*bits, (i+1)*bits) of a little-endian stream."""
+    out = np.zeros((len(codes) * bits + 7) // 8, np.uint8)
+    for i, c in enumerate(codes):
+        for b in range(bits):
+            if (int(c) >> b) & 1:
+                pos = i * bits + b
+                out[pos // 8] |= 1 << (pos % 8)
+    return out
+
+
+def rounding_variance(x: np.ndarray, levels: np.ndarray) -> float:
+    """Total stochastic-rounding variance sum (u - x)(x - l) of values x on sorted levels."""
+    j = np.clip(np.searchsorted(levels, x, side="right") - 1, 0, len(levels) - 2)
+    return float(np.sum((levels[j + 1] - x) * (x - levels[j])))
