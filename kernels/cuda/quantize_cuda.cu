@@ -29,6 +29,7 @@ constexpr int kMinBlocks = 5;                      // of fake_quantize per SM: <
 constexpr int kMaxLevels = 256;                    // 2^8: codes are uint8
 constexpr size_t kDefaultSharedBytes = 48 * 1024;  // dynamic shared memory a kernel gets without opting in
 constexpr int kHistogramBlocksPerSM = 2;
+constexpr int64_t kStaticSharedAllowance = 1024;  // >= the static shared memory of a kernel here
 
 // ---- launch helpers ------------------------------------------------------------------------------
 
@@ -436,8 +437,9 @@ std::tuple<at::Tensor, at::Tensor> level_histogram_cuda(const at::Tensor& x_in, 
   const float half_bins = 0.5f * static_cast<float>(bins);  // as the CPU computes it
   at::Tensor acc = at::zeros({bins, kHistogramSlots}, x.options().dtype(at::kLong));
   const int64_t shared_bytes = kHistogramSlots * bins * static_cast<int64_t>(sizeof(int64_t));
-  const bool shared_bins =
-      shared_bytes <= static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
+  // The per-block limit covers the kernel's static shared memory (block_min_max's) too.
+  const bool shared_bins = shared_bytes + kStaticSharedAllowance <=
+                           static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
   const size_t dynamic_shared = shared_bins ? static_cast<size_t>(shared_bytes) : 0;
   ErrorFlag bad(x);
   at::Tensor block_range;  // [grid, 2]: each block's min and max of v

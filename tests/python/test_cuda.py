@@ -468,6 +468,26 @@ def test_fake_quantize_never_synchronises():
 
 
 @needs_cuda
+def test_fake_quantize_replays_in_a_cuda_graph():
+    """No host round trip also means fake_quantize can be captured once and replayed (the seed is
+    fixed at capture: each replay draws the same words)."""
+    x = sample((64, 100), torch.float32, seed=15)
+    xg, out = x.cuda(), torch.empty(64, 100, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up outside the capture
+        z.fake_quantize(xg, 3, seed=SEED, granularity="channel", out=out)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        z.fake_quantize(xg, 3, seed=SEED, granularity="channel", out=out)
+    out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_identical(out, z.fake_quantize(x, 3, seed=SEED, granularity="channel"))
+
+
+@needs_cuda
 @pytest.mark.parametrize("shape", [(0,), (0, 5), (5, 0), ()])
 def test_empty_and_scalar_tensors(shape):
     x = sample(shape, torch.float32, seed=12)
