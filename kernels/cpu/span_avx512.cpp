@@ -1,7 +1,153 @@
-// AVX-512 span kernels: being written; until then the scalar reference runs.
+// AVX-512 span kernels (F, BW, DQ, VL): 16 lanes, 16 Philox counters per register, codebooks of up
+// to 32 levels in registers. The generic kernels of simd_span.h over the operations below.
+//
+// Compiled with the flags of every other file: the target pragma below, not a command-line -m flag,
+// enables AVX-512 for this file's functions alone, and avx512_span_kernels() offers them only when
+// the processor has the instructions.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
+// GCC 12's AVX-512 headers trip this warning on their own _mm512_undefined_* (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
 #include "span.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define ZIPML_HAVE_AVX512 1
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl")
+#endif
+
 namespace zipml::cpu {
-const SpanKernels* avx512_span_kernels() { return nullptr; }
-const SpanKernels* avx2_span_kernels() { return nullptr; }
+namespace {
+
+struct Avx512 {
+  static constexpr int kLanes = 16;
+  static constexpr int kTableMax = 32;
+  // Philox lane 4q + r computes block 4r + q of the 16: see transpose.
+  static constexpr uint32_t kLaneBlock[16] = {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15};
+
+  using F = __m512;
+  using I = __m512i;
+  using M = __mmask16;
+  struct Table {  // 32 floats
+    F low, high;
+  };
+
+  static F load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static I loadi(const uint32_t* p) { return _mm512_loadu_si512(p); }
+  static F set1(float v) { return _mm512_set1_ps(v); }
+  static I set1i(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
+
+  static F add(F a, F b) { return _mm512_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm512_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F div(F a, F b) { return _mm512_div_ps(a, b); }
+  static F max(F a, F b) { return _mm512_max_ps(a, b); }  // a > b ? a : b
+  static F min(F a, F b) { return _mm512_min_ps(a, b); }  // a < b ? a : b
+  static M lt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  static M le(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
+  static M ge(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
+  // NaN or +-Inf: quiet NaN | +Inf | -Inf | signalling NaN.
+  static M not_finite(F x) { return _mm512_fpclass_ps_mask(x, 0x01 | 0x08 | 0x10 | 0x80); }
+  static F select(M m, F a, F b) { return _mm512_mask_blend_ps(m, b, a); }
+
+  static I cvtt(F a) { return _mm512_cvttps_epi32(a); }
+  static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
+  static I addi(I a, I b) { return _mm512_add_epi32(a, b); }
+  static I subi(I a, I b) { return _mm512_sub_epi32(a, b); }
+  static I mini(I a, I b) { return _mm512_min_epi32(a, b); }
+  static I ori(I a, I b) { return _mm512_or_si512(a, b); }
+  static I srli8(I a) { return _mm512_srli_epi32(a, 8); }
+  static I inc_where(I a, M m) { return _mm512_mask_add_epi32(a, m, a, _mm512_set1_epi32(1)); }
+  static I select_i(M m, I a, I b) { return _mm512_mask_blend_epi32(m, b, a); }
+  static I bit_where(M m, uint32_t bit) { return _mm512_maskz_mov_epi32(m, set1i(bit)); }
+
+  static M all_lanes() { return 0xFFFF; }
+  static M and_not(M a, M b) { return static_cast<M>(a & ~b); }
+  static bool all(M m) { return m == 0xFFFF; }
+
+  static void store_bytes(uint8_t* p, I v) {  // the low byte of each lane
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(v));
+  }
+
+  static Table load_table(const float* t) { return {_mm512_loadu_ps(t), _mm512_loadu_ps(t + 16)}; }
+  static F lookup(const Table& t, I index) { return _mm512_permutex2var_ps(t.low, index, t.high); }
+  static M bit_set(I a, int bit) { return _mm512_test_epi32_mask(a, _mm512_set1_epi32(1 << bit)); }
+
+  // The 64-bit products a * m per lane, split: mul_epu32 multiplies the even lanes, and the odd
+  // ones moved down; a dword swap within each qword puts every half in its lane.
+  static void mulhilo(I a, I m, I& hi, I& lo) {
+    const I even = _mm512_mul_epu32(a, m);
+    const I odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
+    hi = _mm512_mask_shuffle_epi32(odd, 0x5555, even, _MM_PERM_CDAB);
+    lo = _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);
+  }
+  static I xor3(I a, I b, I c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }
+
+  // Words w0..w3 of the 16 blocks to element order. Within each 128-bit lane q the unpacks give
+  // out vector r the four words of Philox lane 4q + r, i.e. (kLaneBlock) block 4r + q: elements
+  // 16r + 4q .. 16r + 4q + 3, exactly lane q of out vector r.
+  static void transpose(I w0, I w1, I w2, I w3, I out[4]) {
+    const I t0 = _mm512_unpacklo_epi32(w0, w1), t1 = _mm512_unpackhi_epi32(w0, w1);
+    const I t2 = _mm512_unpacklo_epi32(w2, w3), t3 = _mm512_unpackhi_epi32(w2, w3);
+    out[0] = _mm512_unpacklo_epi64(t0, t2);
+    out[1] = _mm512_unpackhi_epi64(t0, t2);
+    out[2] = _mm512_unpacklo_epi64(t1, t3);
+    out[3] = _mm512_unpackhi_epi64(t1, t3);
+  }
+};
+
+}  // namespace
+}  // namespace zipml::cpu
+
+#include "simd_span.h"
+
+namespace zipml::cpu {
+namespace {
+void fake_quantize_avx512(const float* x, float* out, int64_t n, uint64_t first, const SpanParams& p) {
+  fake_quantize_span<Avx512>(x, out, n, first, p);
+}
+bool quantize_avx512(const float* x, uint8_t* codes, int64_t n, uint64_t first, const SpanParams& p) {
+  return quantize_span<Avx512>(x, codes, n, first, p);
+}
+bool double_sample_avx512(const float* x, uint8_t* index, uint8_t* up, int64_t n, uint64_t first,
+                          const SpanParams& p) {
+  return double_sample_span<Avx512>(x, index, up, n, first, p);
+}
+}  // namespace
+}  // namespace zipml::cpu
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif  // x86-64 with GCC or clang
+
+namespace zipml::cpu {
+
+const SpanKernels* avx512_span_kernels() {
+#ifdef ZIPML_HAVE_AVX512
+  static const SpanKernels kernels{"avx512", fake_quantize_avx512, quantize_avx512, double_sample_avx512};
+  static const bool supported = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  }();
+  return supported ? &kernels : nullptr;
+#else
+  return nullptr;
+#endif
+}
+
 }  // namespace zipml::cpu

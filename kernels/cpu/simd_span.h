@@ -1,0 +1,467 @@
+// The SIMD span kernels, written once over an instruction-set layer V (span_avx2.cpp: 8 lanes,
+// span_avx512.cpp: 16 lanes) and bit-identical to the scalar reference of kernels/common/quantize.h:
+// the same float32 operations in the same order (no FMA, IEEE division where it divides, x * (1/s)
+// where it multiplies), the same interval index (any exact search of a sorted table finds the same
+// one), and the same Philox words.
+//
+// Each variant includes this file once, after the headers below and inside its `target` region, so
+// that every function here is compiled for that instruction set; everything is in an anonymous
+// namespace (and templated on V, a type local to that file), so the two copies never meet at link
+// time and the scalar code keeps the baseline instruction set.
+//
+// V provides: kLanes, kTableMax (entries of an in-register table), kLaneBlock (the block each Philox
+// lane computes, see philox_words), the vector types F (float), I (int32), M (lane mask), and the
+// operations used below.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "span.h"
+
+namespace zipml::cpu {
+namespace {
+
+// ---- Philox4x32-10 over V::kLanes counters at once ------------------------------------------------
+
+// One Philox stream (seed, offset): the round keys and the high counter words, broadcast once per span.
+template <class V>
+struct PhiloxStream {
+  using I = typename V::I;
+  I key0[10], key1[10];
+  I offset_lo, offset_hi;
+
+  void init(uint64_t seed, uint64_t offset) {
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+      if (round > 0) {
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+      }
+      key0[round] = V::set1i(k0);
+      key1[round] = V::set1i(k1);
+    }
+    offset_lo = V::set1i(static_cast<uint32_t>(offset));
+    offset_hi = V::set1i(static_cast<uint32_t>(offset >> 32));
+  }
+
+  // The words of the 4 * kLanes elements from stream index 4 * block on, in element order:
+  // words[q] holds elements q * kLanes .. q * kLanes + kLanes - 1. Lane l computes block
+  // block + kLaneBlock[l], chosen so that the in-lane 4x4 transpose of V::transpose lands every
+  // word in place without a cross-lane shuffle.
+  void words(uint64_t block, I words[4]) const {
+    I c0, c1;
+    if (static_cast<uint32_t>(block) <= UINT32_MAX - (V::kLanes - 1)) {
+      c0 = V::addi(V::set1i(static_cast<uint32_t>(block)), V::loadi(V::kLaneBlock));
+      c1 = V::set1i(static_cast<uint32_t>(block >> 32));
+    } else {  // the low counter word wraps inside this vector: carry per lane
+      alignas(64) uint32_t lo[V::kLanes], hi[V::kLanes];
+      for (int l = 0; l < V::kLanes; ++l) {
+        const uint64_t b = block + V::kLaneBlock[l];
+        lo[l] = static_cast<uint32_t>(b);
+        hi[l] = static_cast<uint32_t>(b >> 32);
+      }
+      c0 = V::loadi(lo);
+      c1 = V::loadi(hi);
+    }
+    I c2 = offset_lo, c3 = offset_hi;
+    const I mul0 = V::set1i(0xD2511F53u), mul1 = V::set1i(0xCD9E8D57u);
+    for (int round = 0; round < 10; ++round) {
+      I hi0, lo0, hi1, lo1;
+      V::mulhilo(c0, mul0, hi0, lo0);
+      V::mulhilo(c2, mul1, hi1, lo1);
+      c0 = V::xor3(hi1, c1, key0[round]);
+      c1 = lo1;
+      c2 = V::xor3(hi0, c3, key1[round]);
+      c3 = lo0;
+    }
+    V::transpose(c0, c1, c2, c3, words);
+  }
+};
+
+// ---- locating a normalised value ------------------------------------------------------------------
+//
+// A Levels type finds, for a vector of normalised values v, the interval [L_j, L_j+1] of each and its
+// fraction (kernel::locate), and gives the dequantised value L_(j+up) * scale.
+
+template <class V>
+struct Interval {
+  typename V::I j;
+  typename V::F frac;
+  typename V::F lower, upper;  // L_j and L_j+1, for the codebooks
+};
+
+// The uniform grid of K = 2^bits points (kernel::Levels without a table), located arithmetically.
+// kTabled: L_code * scale comes from an in-register table of the K products (K <= kTableMax), the
+// same float products kernel::fake_quantize_value rounds; else from (2 code - (K-1)) * (1/(K-1)).
+template <class V, bool kTabled>
+struct GridLevels {
+  using F = typename V::F;
+  using I = typename V::I;
+  using M = typename V::M;
+  F one, half_k_minus_1, step, scale;
+  I last_interval, k_minus_1;
+  typename V::Table scaled;
+
+  explicit GridLevels(const SpanParams& p) {
+    const int k = p.levels.count;
+    one = V::set1(1.0f);
+    half_k_minus_1 = V::set1(0.5f * static_cast<float>(k - 1));
+    step = V::set1(p.levels.step());
+    scale = V::set1(p.scale);
+    last_interval = V::set1i(static_cast<uint32_t>(k - 2));
+    k_minus_1 = V::set1i(static_cast<uint32_t>(k - 1));
+    if constexpr (kTabled) {
+      alignas(64) float at[V::kTableMax] = {};
+      for (int i = 0; i < k; ++i) at[i] = p.levels.at(i) * p.scale;
+      scaled = V::load_table(at);
+    }
+  }
+
+  Interval<V> locate(F v) const {
+    Interval<V> at;
+    const F t = V::mul(V::add(v, one), half_k_minus_1);
+    at.j = V::mini(V::cvtt(t), last_interval);
+    at.frac = V::sub(t, V::cvt(at.j));
+    return at;
+  }
+
+  F value(const Interval<V>& at, M up) const {
+    const I code = V::inc_where(at.j, up);
+    if constexpr (kTabled) return V::lookup(scaled, code);
+    return V::mul(V::mul(V::cvt(V::subi(V::addi(code, code), k_minus_1)), step), scale);
+  }
+};
+
+// The largest j <= K-2 with table[j] <= v, searched without branches in `searched`: table[i] for
+// i <= K-2 and +Inf beyond, so that the search can probe any index below a power of two (v >=
+// table[0] after clamping, and v is never NaN). Any exact search finds the scalar's j.
+inline float searched_entry(const kernel::Levels& levels, int i) {
+  return i <= levels.count - 2 ? levels.table[i] : __builtin_inff();
+}
+
+// Binary search steps: log2 of the smallest power of two >= K-1.
+inline int search_probes(int k) {
+  int probes = 0;
+  while ((1 << probes) < k - 1) ++probes;
+  return probes;
+}
+
+// A codebook of K <= kTableMax levels, held in registers. L_j+1 - L_j is computed as the scalar
+// computes its divisor. For K = 1 (levels padded with L_0) the fraction is 0/0: NaN never rounds
+// up, and the scalar's fraction 0 does not either.
+template <class V>
+struct CodebookLevels {
+  using F = typename V::F;
+  using I = typename V::I;
+  using M = typename V::M;
+  typename V::Table searched, levels;
+  F scale;
+  int probes;
+
+  explicit CodebookLevels(const SpanParams& p) : scale(V::set1(p.scale)), probes(search_probes(p.levels.count)) {
+    const int k = p.levels.count;
+    alignas(64) float s[V::kTableMax], l[V::kTableMax];
+    for (int i = 0; i < V::kTableMax; ++i) {
+      s[i] = searched_entry(p.levels, i);
+      l[i] = p.levels.table[std::min(i, k - 1)];
+    }
+    searched = V::load_table(s);
+    levels = V::load_table(l);
+  }
+
+  Interval<V> locate(F v) const {
+    Interval<V> at;
+    at.j = V::set1i(0);
+    for (int p = probes - 1; p >= 0; --p) {
+      const I candidate = V::addi(at.j, V::set1i(1u << p));
+      at.j = V::select_i(V::le(V::lookup(searched, candidate), v), candidate, at.j);
+    }
+    at.lower = V::lookup(levels, at.j);
+    at.upper = V::lookup(levels, V::addi(at.j, V::set1i(1)));
+    at.frac = V::div(V::sub(v, at.lower), V::sub(at.upper, at.lower));
+    return at;
+  }
+
+  F value(const Interval<V>& at, M up) const { return V::mul(V::select(up, at.upper, at.lower), scale); }
+};
+
+// A codebook of up to 256 levels: the same search over an implicit binary tree (node m of depth d
+// holds searched[(2m + 1) 2^(probes-1-d)]: the probe taken at that depth after the decisions m),
+// each depth one in-register lookup, or a few blended ones for the deepest. L_j is the last probe
+// that succeeded (or L_0) and L_j+1 the last that failed (or L_K-1): no lookup after the search.
+template <class V>
+struct WideCodebookLevels {
+  using F = typename V::F;
+  using I = typename V::I;
+  using M = typename V::M;
+  static constexpr int kTableBits = V::kTableMax == 32 ? 5 : 4;
+  static_assert(V::kTableMax == 1 << kTableBits);
+  alignas(64) float tree[256 + V::kTableMax];  // depth d at offset 2^d - 1; padded for table loads
+  F first, last, scale;
+  int probes;
+
+  explicit WideCodebookLevels(const SpanParams& p)
+      : first(V::set1(p.levels.lo())), last(V::set1(p.levels.hi())), scale(V::set1(p.scale)),
+        probes(search_probes(p.levels.count)) {
+    for (int d = 0; d < probes; ++d)
+      for (int m = 0; m < 1 << d; ++m)
+        tree[(1 << d) - 1 + m] = searched_entry(p.levels, (2 * m + 1) << (probes - 1 - d));
+    std::fill(tree + (1 << probes) - 1, tree + 256 + V::kTableMax, 0.0f);
+  }
+
+  // Node m of depth d, for each lane.
+  F node(int d, I m) const {
+    const float* nodes = tree + (1 << d) - 1;
+    if (d <= kTableBits) return V::lookup(V::load_table(nodes), m);
+    F parts[256 >> kTableBits];
+    int count = 1 << (d - kTableBits);
+    for (int s = 0; s < count; ++s) parts[s] = V::lookup(V::load_table(nodes + (s << kTableBits)), m);
+    for (int bit = kTableBits; count > 1; ++bit, count >>= 1) {
+      const M high = V::bit_set(m, bit);
+      for (int s = 0; s < count / 2; ++s) parts[s] = V::select(high, parts[2 * s + 1], parts[2 * s]);
+    }
+    return parts[0];
+  }
+
+  Interval<V> locate(F v) const {
+    Interval<V> at;
+    at.j = V::set1i(0);
+    at.lower = first;
+    at.upper = V::set1(__builtin_inff());
+    for (int d = 0; d < probes; ++d) {
+      const F probe = node(d, at.j);
+      const M ok = V::le(probe, v);
+      at.j = V::inc_where(V::addi(at.j, at.j), ok);
+      at.lower = V::select(ok, probe, at.lower);
+      at.upper = V::select(ok, at.upper, probe);
+    }
+    // A last failure on the +Inf padding was at index K-1. min returns its second operand on ties,
+    // so an upper bound of -0 beside a last level of +0 keeps its sign.
+    at.upper = V::min(last, at.upper);
+    at.frac = V::div(V::sub(v, at.lower), V::sub(at.upper, at.lower));
+    return at;
+  }
+
+  F value(const Interval<V>& at, M up) const { return V::mul(V::select(up, at.upper, at.lower), scale); }
+};
+
+// ---- the per-vector quantizer ---------------------------------------------------------------------
+
+template <class V, class Levels, int kRounding>
+struct Quantizer {
+  using F = typename V::F;
+  using I = typename V::I;
+  using M = typename V::M;
+  const Levels& levels;
+  F inv_scale, lo, hi, half, two_pow_minus_24, nan;
+
+  Quantizer(const Levels& l, const SpanParams& p)
+      : levels(l),
+        inv_scale(V::set1(p.inv_scale)),
+        lo(V::set1(p.levels.lo())),
+        hi(V::set1(p.levels.hi())),
+        half(V::set1(0.5f)),
+        two_pow_minus_24(V::set1(5.9604644775390625e-08f)),
+        nan(V::set1(kernel::quiet_nan())) {}
+
+  // clamp(x * (1/s), lo, hi) as kernel::normalize: max and min return their second operand when
+  // the first is NaN, as the scalar ternaries do.
+  F normalize(F x) const { return V::min(V::max(V::mul(x, inv_scale), lo), hi); }
+
+  Interval<V> locate(F x) const { return levels.locate(normalize(x)); }
+
+  // kernel::round_up for a word of Philox output (ordered comparisons: a NaN fraction never rounds up).
+  M round_up(F frac, I word) const {
+    if constexpr (kRounding == kernel::kNearest) return V::ge(frac, half);
+    return V::lt(V::mul(V::cvt(V::srli8(word)), two_pow_minus_24), frac);
+  }
+
+  I code(F x, I word) const {
+    const Interval<V> at = locate(x);
+    return V::inc_where(at.j, round_up(at.frac, word));
+  }
+
+  // kernel::fake_quantize_value (the scale is valid: the drivers check it per group).
+  F fake(F x, I word) const {
+    const Interval<V> at = locate(x);
+    return V::select(V::not_finite(x), nan, levels.value(at, round_up(at.frac, word)));
+  }
+};
+
+// ---- span loops -----------------------------------------------------------------------------------
+
+// Runs op over the n elements that start at stream index `first`, in chunks of 4 * kLanes elements
+// aligned to Philox blocks (one word vector per stream per chunk). The chunks cut by the span's
+// ends go through the op's staging buffers; the loop between them runs on the tensor in place.
+template <class V, int kStreams, class Op>
+void for_each_chunk(Op& op, int64_t n, uint64_t first, const SpanParams& p) {
+  using I = typename V::I;
+  constexpr int64_t kChunk = 4 * V::kLanes;
+  if (n <= 0) return;
+  PhiloxStream<V> streams[kStreams > 0 ? kStreams : 1];  // stream s: offset + s
+  for (int s = 0; s < kStreams; ++s) streams[s].init(p.seed, p.offset + s);
+  I words[2][4];
+  if constexpr (kStreams == 0)  // nearest rounding draws no random words
+    for (I& w : words[0]) w = V::set1i(0);
+  int64_t i = -static_cast<int64_t>(first & 3);  // element index of the chunk's first word
+  uint64_t block = first >> 2;
+  if (i < 0 || n < kChunk) {
+    for (int s = 0; s < kStreams; ++s) streams[s].words(block, words[s]);
+    op.partial(i, -i, std::min<int64_t>(n - i, kChunk), words);
+    i += kChunk;
+    block += V::kLanes;
+  }
+  for (; i + kChunk <= n; i += kChunk, block += V::kLanes) {
+    for (int s = 0; s < kStreams; ++s) streams[s].words(block, words[s]);
+    op.chunk(i, words);
+  }
+  if (i < n) {
+    for (int s = 0; s < kStreams; ++s) streams[s].words(block, words[s]);
+    op.partial(i, 0, n - i, words);
+  }
+}
+
+template <class V, class Levels, int kRounding>
+struct FakeQuantizeOp {
+  using I = typename V::I;
+  static constexpr int kChunk = 4 * V::kLanes;
+  const Quantizer<V, Levels, kRounding> q;
+  const float* x;
+  float* out;
+
+  void run(const float* xs, float* os, const I (*words)[4]) const {
+    for (int r = 0; r < 4; ++r) V::store(os + r * V::kLanes, q.fake(V::load(xs + r * V::kLanes), words[0][r]));
+  }
+  void chunk(int64_t i, const I (*words)[4]) const { run(x + i, out + i, words); }
+  void partial(int64_t i, int64_t a, int64_t b, const I (*words)[4]) const {
+    alignas(64) float xs[kChunk] = {};
+    alignas(64) float os[kChunk];
+    std::memcpy(xs + a, x + i + a, (b - a) * sizeof(float));
+    run(xs, os, words);
+    std::memcpy(out + i + a, os + a, (b - a) * sizeof(float));
+  }
+
+  __attribute__((noinline)) static bool apply(const Levels& levels, const float* x, float* out, int64_t n, uint64_t first,
+                    const SpanParams& p) {
+    FakeQuantizeOp op{Quantizer<V, Levels, kRounding>(levels, p), x, out};
+    for_each_chunk<V, kRounding == kernel::kNearest ? 0 : 1>(op, n, first, p);
+    return true;
+  }
+};
+
+template <class V, class Levels, int kRounding>
+struct QuantizeOp {
+  using I = typename V::I;
+  using M = typename V::M;
+  static constexpr int kChunk = 4 * V::kLanes;
+  const Quantizer<V, Levels, kRounding> q;
+  const float* x;
+  uint8_t* codes;
+  M finite;
+
+  void run(const float* xs, uint8_t* cs, const I (*words)[4]) {
+    for (int r = 0; r < 4; ++r) {
+      const typename V::F xv = V::load(xs + r * V::kLanes);
+      finite = V::and_not(finite, V::not_finite(xv));
+      V::store_bytes(cs + r * V::kLanes, q.code(xv, words[0][r]));
+    }
+  }
+  void chunk(int64_t i, const I (*words)[4]) { run(x + i, codes + i, words); }
+  void partial(int64_t i, int64_t a, int64_t b, const I (*words)[4]) {
+    alignas(64) float xs[kChunk] = {};  // zeros: finite
+    alignas(64) uint8_t cs[kChunk];
+    std::memcpy(xs + a, x + i + a, (b - a) * sizeof(float));
+    run(xs, cs, words);
+    std::memcpy(codes + i + a, cs + a, b - a);
+  }
+
+  __attribute__((noinline)) static bool apply(const Levels& levels, const float* x, uint8_t* codes, int64_t n, uint64_t first,
+                    const SpanParams& p) {
+    QuantizeOp op{Quantizer<V, Levels, kRounding>(levels, p), x, codes, V::all_lanes()};
+    for_each_chunk<V, kRounding == kernel::kNearest ? 0 : 1>(op, n, first, p);
+    return V::all(op.finite);
+  }
+};
+
+// Double sampling: the interval index once, and the round-up bits of two independent stochastic
+// samples (streams offset and offset + 1) in bits 0 and 1.
+template <class V, class Levels, int>
+struct DoubleSampleOp {
+  using F = typename V::F;
+  using I = typename V::I;
+  using M = typename V::M;
+  static constexpr int kChunk = 4 * V::kLanes;
+  const Quantizer<V, Levels, kernel::kStochastic> q;
+  const float* x;
+  uint8_t* index;
+  uint8_t* up;
+  M finite;
+
+  void run(const float* xs, uint8_t* is, uint8_t* us, const I (*words)[4]) {
+    for (int r = 0; r < 4; ++r) {
+      const F xv = V::load(xs + r * V::kLanes);
+      finite = V::and_not(finite, V::not_finite(xv));
+      const Interval<V> at = q.locate(xv);
+      V::store_bytes(is + r * V::kLanes, at.j);
+      const I bits = V::ori(V::bit_where(q.round_up(at.frac, words[0][r]), 1),
+                            V::bit_where(q.round_up(at.frac, words[1][r]), 2));
+      V::store_bytes(us + r * V::kLanes, bits);
+    }
+  }
+  void chunk(int64_t i, const I (*words)[4]) { run(x + i, index + i, up + i, words); }
+  void partial(int64_t i, int64_t a, int64_t b, const I (*words)[4]) {
+    alignas(64) float xs[kChunk] = {};
+    alignas(64) uint8_t is[kChunk], us[kChunk];
+    std::memcpy(xs + a, x + i + a, (b - a) * sizeof(float));
+    run(xs, is, us, words);
+    std::memcpy(index + i + a, is + a, b - a);
+    std::memcpy(up + i + a, us + a, b - a);
+  }
+
+  __attribute__((noinline)) static bool apply(const Levels& levels, const float* x, uint8_t* index, uint8_t* up, int64_t n,
+                    uint64_t first, const SpanParams& p) {
+    DoubleSampleOp op{Quantizer<V, Levels, kernel::kStochastic>(levels, p), x, index, up, V::all_lanes()};
+    for_each_chunk<V, 2>(op, n, first, p);
+    return V::all(op.finite);
+  }
+};
+
+// ---- dispatch on the kind of levels and the rounding ------------------------------------------------
+
+template <class V, template <class, class, int> class Op, class Levels, class... Args>
+bool with_rounding(const Levels& levels, int rounding, Args... args) {
+  if (rounding == kernel::kNearest) return Op<V, Levels, kernel::kNearest>::apply(levels, args...);
+  return Op<V, Levels, kernel::kStochastic>::apply(levels, args...);
+}
+
+template <class V, template <class, class, int> class Op, class... Args>
+bool with_levels(const SpanParams& p, int rounding, Args... args) {
+  const kernel::Levels& levels = p.levels;
+  if (levels.table == nullptr) {
+    if (levels.count <= V::kTableMax) return with_rounding<V, Op>(GridLevels<V, true>(p), rounding, args..., p);
+    return with_rounding<V, Op>(GridLevels<V, false>(p), rounding, args..., p);
+  }
+  if (levels.count <= V::kTableMax) return with_rounding<V, Op>(CodebookLevels<V>(p), rounding, args..., p);
+  return with_rounding<V, Op>(WideCodebookLevels<V>(p), rounding, args..., p);
+}
+
+template <class V>
+void fake_quantize_span(const float* x, float* out, int64_t n, uint64_t first, const SpanParams& p) {
+  with_levels<V, FakeQuantizeOp>(p, p.rounding, x, out, n, first);
+}
+
+template <class V>
+bool quantize_span(const float* x, uint8_t* codes, int64_t n, uint64_t first, const SpanParams& p) {
+  return with_levels<V, QuantizeOp>(p, p.rounding, x, codes, n, first);
+}
+
+template <class V>
+bool double_sample_span(const float* x, uint8_t* index, uint8_t* up, int64_t n, uint64_t first,
+                        const SpanParams& p) {
+  return with_levels<V, DoubleSampleOp>(p, kernel::kStochastic, x, index, up, n, first);
+}
+
+}  // namespace
+}  // namespace zipml::cpu

@@ -1,0 +1,259 @@
+"""The instruction-set variants of the CPU kernels (scalar, AVX2, AVX-512) compute identical bits.
+
+The scalar span kernels (kernels/cpu/span_scalar.cpp, over kernels/common/quantize.h) are the
+reference; the SIMD variants (kernels/cpu/simd_span.h) must reproduce fake_quantize values (NaN
+positions and bits included), quantize codes and double-sampling indices and round-up bits for every
+kind of levels, rounding, dtype, size and span alignment, and whatever the thread count. Variants the
+processor lacks are skipped.
+"""
+
+import math
+
+import pytest
+import torch
+
+import torch_zipml
+
+ISAS = ("scalar", "avx2", "avx512")
+SEED = 0x5EED_2017_1611_0540  # any 64-bit seed; above 2**63 to exercise the unsigned range
+
+
+def _available(isa):
+    try:
+        torch_zipml.cpu_isa(isa)
+        return True
+    except RuntimeError:
+        return False
+    finally:
+        torch_zipml.cpu_isa("auto")
+
+
+AVAILABLE = [isa for isa in ISAS if _available(isa)]
+SIMD = [isa for isa in AVAILABLE if isa != "scalar"]
+needs_simd = pytest.mark.skipif(not SIMD, reason="this processor has neither AVX2 nor AVX-512")
+
+
+@pytest.fixture(autouse=True)
+def _restore_isa():
+    yield
+    torch_zipml.cpu_isa("auto")
+
+
+def _bitwise(t):
+    """An integer view of t: equal views mean equal bits, NaN payloads and signed zeros included."""
+    if t.is_floating_point():
+        return t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+    return t
+
+
+def _run(isa, x, bits, rounding, **kw):
+    """Everything the span kernels compute for x under one variant, as named tensors (or the error)."""
+    assert torch_zipml.cpu_isa(isa) == isa
+    out = {"fake": torch_zipml.fake_quantize(x, bits, rounding=rounding, seed=SEED, offset=7, **kw)}
+    try:
+        out["codes"] = torch_zipml.quantize(x, bits, rounding=rounding, seed=SEED, offset=7, **kw).codes
+    except ValueError as e:
+        out["codes"] = type(e)
+    try:
+        ds = torch_zipml.double_sample(x, bits, seed=SEED, offset=3, **kw)
+        out["index"], out["up"] = ds.index, ds.up
+    except ValueError as e:
+        out["index"] = type(e)
+    return out
+
+
+def _assert_same_bits(x, bits, rounding="stochastic", isas=None, **kw):
+    isas = AVAILABLE if isas is None else isas
+    results = {isa: _run(isa, x, bits, rounding, **kw) for isa in isas}
+    reference = results[isas[0]]
+    for isa in isas[1:]:
+        got = results[isa]
+        assert got.keys() == reference.keys(), (isa, got.keys())
+        for name, want in reference.items():
+            if isinstance(want, type):
+                assert got[name] is want, f"{isa} {name}: {got[name]} where {isas[0]} raised {want}"
+                continue
+            assert got[name].dtype == want.dtype and got[name].shape == want.shape
+            same = _bitwise(got[name]) == _bitwise(want)
+            assert bool(same.all()), (
+                f"{isa} differs from {isas[0]} in {name} at {int((~same).sum())} of {same.numel()} elements, "
+                f"first at flat index {int((~same).flatten().nonzero()[0])} (bits={bits}, {rounding}, {kw})")
+    return reference
+
+
+def _data(n, dtype=torch.float32, seed=0, special=False):
+    """Normal data; `special` mixes in NaN, +-Inf, huge, denormal and signed-zero values."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g)
+    if special and n:
+        picks = torch.randint(n, (max(1, n // 50),), generator=g)
+        values = torch.tensor([math.nan, math.inf, -math.inf, 3.0e38, -3.0e38, 1.0e-40, -1.0e-40, -0.0, 0.0])
+        x[picks] = values[torch.randint(len(values), picks.shape, generator=g)]
+    return x.to(dtype)
+
+
+def test_variants_are_selectable():
+    """cpu_isa really switches variant (else every comparison below would be vacuous)."""
+    assert "scalar" in AVAILABLE
+    for isa in AVAILABLE:
+        assert torch_zipml.cpu_isa(isa) == isa
+        assert torch_zipml.cpu_isa() == isa
+    assert torch_zipml.cpu_isa("auto") == AVAILABLE[-1]
+    with pytest.raises(RuntimeError, match="scalar, avx2 or avx512"):
+        torch_zipml.cpu_isa("sse9")
+
+
+@needs_simd
+def test_stochastic_outputs_depend_on_the_words():
+    """The variants draw real Philox words: stochastic and nearest rounding disagree, and two seeds
+    give different samples, on every variant alike."""
+    x = _data(4096)
+    for isa in AVAILABLE:
+        torch_zipml.cpu_isa(isa)
+        a = torch_zipml.fake_quantize(x, 2, seed=1)
+        b = torch_zipml.fake_quantize(x, 2, seed=2)
+        c = torch_zipml.fake_quantize(x, 2, rounding="nearest")
+        assert not torch.equal(a, b) and not torch.equal(a, c)
+
+
+@needs_simd
+@pytest.mark.parametrize("n", [0, 1, 3, 63, 64, 65, 1000, 100003])
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_sizes(n, rounding):
+    for bits in (1, 4, 8):
+        _assert_same_bits(_data(n, seed=n), bits, rounding)
+
+
+@needs_simd
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_uniform_grid(bits, rounding):
+    x = _data(100003, seed=bits)
+    # exact ties of nearest rounding: x = 0 is the midpoint of the 1-bit grid {-1, 1}
+    x[:64] = torch.linspace(-1, 1, 64)
+    x[64:96] = 0.0
+    _assert_same_bits(x, bits, rounding)
+    _assert_same_bits(x, bits, rounding, granularity=torch.tensor(0.75))  # clips
+
+
+def _codebook(k, seed):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        levels = torch.unique(torch.rand(k, generator=g) * 2 - 1)  # sorted
+        if levels.numel() == k:
+            return levels
+
+
+@needs_simd
+@pytest.mark.parametrize("k", [1, 2, 5, 16, 17, 100, 256])
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_codebooks(k, rounding):
+    bits = max(1, math.ceil(math.log2(k)))
+    levels = _codebook(k, seed=k)
+    for n in (1000, 100003):
+        x = _data(n, seed=n + k)
+        _assert_same_bits(x, bits, rounding, levels=levels)
+        _assert_same_bits(x, bits, rounding, levels=levels, granularity=torch.tensor(0.5))
+    # the levels themselves and the midpoints between them, exactly: ties and boundaries
+    on = torch.cat([levels, (levels[1:] + levels[:-1]) / 2, torch.tensor([-1.0, 1.0])])
+    _assert_same_bits(on, bits, rounding, levels=levels, granularity=torch.tensor(1.0))
+
+
+@needs_simd
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_dyadic_codebook_ties(rounding):
+    """Values on the exact midpoints of a dyadic codebook: fraction exactly 1/2."""
+    levels = torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0])
+    x = torch.tensor([-0.75, -0.25, 0.25, 0.75] * 100)
+    out = _assert_same_bits(x, 3, rounding, levels=levels, granularity=torch.tensor(1.0))
+    if rounding == "nearest":  # ties round up
+        assert torch.equal(out["fake"], x + 0.25)
+
+
+@needs_simd
+@pytest.mark.parametrize("bits", [2, 4, 6, 8])
+def test_optimal_levels(bits):
+    x = _data(100003, seed=bits)
+    for rounding in ("stochastic", "nearest"):
+        _assert_same_bits(x, bits, rounding, levels="optimal")
+        _assert_same_bits(x[:300], bits, rounding, levels="optimal")  # distinct values as candidates
+
+
+@needs_simd
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_dtypes(dtype, rounding):
+    x = _data(100003, dtype, seed=3, special=True)
+    for bits in (1, 3, 8):
+        _assert_same_bits(x, bits, rounding)
+    _assert_same_bits(x, 5, rounding, levels=_codebook(17, seed=5))
+
+
+@needs_simd
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_unaligned_spans(rounding):
+    """Spans that start at any element index: rows of odd length, odd channels, strided views."""
+    x = _data(5 * 1001, seed=11).reshape(5, 1001)
+    for bits in (2, 7):
+        _assert_same_bits(x, bits, rounding, granularity="row")
+        _assert_same_bits(x, bits, rounding, granularity="channel")
+        _assert_same_bits(x[:, 1:], bits, rounding, granularity="row")  # non-contiguous
+        _assert_same_bits(x.t(), bits, rounding, granularity="channel")  # 1001 channels of 5
+    y = _data(13 * 7 * 3, seed=12).reshape(13, 7, 3)
+    for granularity in ("row", "channel"):
+        _assert_same_bits(y, 3, rounding, granularity=granularity)
+        _assert_same_bits(y[::2, :, 1:], 4, rounding, granularity=granularity)
+        _assert_same_bits(y, 4, rounding, granularity=granularity, levels=_codebook(9, seed=2))
+        _assert_same_bits(y, 8, rounding, granularity=granularity, levels=_codebook(200, seed=3))
+    scales = torch.rand(13, 7, 1) + 0.1  # a given per-row scale, clipping some values
+    _assert_same_bits(y, 3, rounding, granularity=scales)
+
+
+@needs_simd
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_special_values(rounding):
+    x = _data(10007, seed=5, special=True)
+    for bits in (1, 4, 8):
+        out = _assert_same_bits(x, bits, rounding)
+        assert out["codes"] is ValueError and out["index"] is ValueError  # NaN/Inf: codes cannot hold them
+        fake = _bitwise(out["fake"])
+        assert torch.equal(fake[~torch.isfinite(x)], torch.full_like(fake[~torch.isfinite(x)], 0x7FC00000))
+    for levels in (_codebook(16, seed=1), _codebook(100, seed=2)):
+        _assert_same_bits(x, 8, rounding, levels=levels)
+    finite = torch.nan_to_num(x, nan=0.0, posinf=3.0e38, neginf=-3.0e38)  # huge and denormal values
+    for bits in (2, 8):
+        _assert_same_bits(finite, bits, rounding)
+    _assert_same_bits(finite, 6, rounding, levels=_codebook(33, seed=4))
+
+
+@needs_simd
+@pytest.mark.parametrize("scale", [0.0, 1.0e-40, 1.0e-30, 0.5, 2.0])
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_scales(scale, rounding):
+    """A zero scale, a denormal one (1/s overflows: v = 0), a tiny one (every value clips) and
+    given ones; and an all-zero tensor, whose computed scale is 0."""
+    x = _data(3001, seed=7)
+    s = torch.tensor(scale)
+    for bits in (1, 3):
+        _assert_same_bits(x, bits, rounding, granularity=s)
+    _assert_same_bits(x, 8, rounding, granularity=s, levels=_codebook(64, seed=6))
+    _assert_same_bits(x.reshape(3001, 1), 2, rounding, granularity=torch.full((3001, 1), scale))
+    _assert_same_bits(torch.zeros(1000), 4, rounding)
+
+
+@pytest.mark.parametrize("isa", AVAILABLE)
+def test_thread_count(isa):
+    """One thread or two, the same bits: the words depend on the element index alone."""
+    x = _data((1 << 18) + 3, seed=9)
+    previous = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append(_run(isa, x, 4, "stochastic", levels=_codebook(12, seed=1)))
+            runs.append(_run(isa, x, 3, "nearest", granularity="tensor"))
+    finally:
+        torch.set_num_threads(previous)
+    for one, two in ((runs[0], runs[2]), (runs[1], runs[3])):
+        for name in one:
+            assert torch.equal(_bitwise(one[name]), _bitwise(two[name])), name
