@@ -6,11 +6,18 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "../common/pack.h"
+#include "simd_convert.h"
 #include "span.h"
 
 namespace zipml::cpu {
@@ -41,6 +48,33 @@ void for_each_span(int64_t numel, int64_t inner, F&& f) {
   });
 }
 
+// float16/bfloat16 <-> float32: vectorized (bit-identical, simd_convert.h) while a SIMD span variant
+// is active, c10's scalar conversions under the scalar one, so that the tests comparing the variants
+// compare the conversions too. float64 converts in plain loops, which the compiler vectorizes.
+const FloatConverters* active_converters() {
+  return &active_span_kernels() == &scalar_span_kernels() ? nullptr : avx2_float_converters();
+}
+
+template <class scalar_t>
+void load_floats(const scalar_t* src, float* dst, int64_t n, const FloatConverters* simd) {
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    if (simd) return simd->from_half(src, dst, n);
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    if (simd) return simd->from_bfloat16(src, dst, n);
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+template <class scalar_t>
+void store_floats(const float* src, scalar_t* dst, int64_t n, const FloatConverters* simd) {
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    if (simd) return simd->to_half(src, dst, n);
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    if (simd) return simd->to_bfloat16(src, dst, n);
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+}
+
 // Runs a float32 span kernel on elements [begin, end) of a tensor of dtype scalar_t, converting
 // through stack buffers unless scalar_t is float.
 template <class scalar_t, class Kernel>
@@ -48,10 +82,11 @@ void on_float_chunks(const scalar_t* x, int64_t begin, int64_t end, Kernel&& ker
   if constexpr (std::is_same_v<scalar_t, float>) {
     kernel(x + begin, begin, end - begin);
   } else {
+    const FloatConverters* simd = active_converters();
     float buf[kChunk];
     for (int64_t b = begin; b < end; b += kChunk) {
       const int64_t n = std::min(kChunk, end - b);
-      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<float>(x[b + i]);
+      load_floats(x + b, buf, n, simd);
       kernel(static_cast<const float*>(buf), b, n);
     }
   }
@@ -85,7 +120,7 @@ void fake_quantize_typed(const at::Tensor& x, const at::Tensor& scale, kernel::L
       } else {
         float res[kChunk];
         k.fake_quantize(xs, res, n, at, p);
-        for (int64_t i = 0; i < n; ++i) op[at + i] = static_cast<scalar_t>(res[i]);
+        store_floats(res, op + at, n, active_converters());
       }
     });
   });
@@ -169,6 +204,8 @@ std::tuple<at::Tensor, at::Tensor> double_sample_codes_cpu(const at::Tensor& x_i
 }
 
 // value = table[code + ((up >> up_bit) & 1)] * scale: dequantize (no up) and both double-sample decodes.
+// A span long enough first tabulates its 257 possible outputs (codes + 1 clamped to the last level,
+// so that a bad code reads a defined entry before the range check fails) in the output dtype.
 at::Tensor dequantize_codes_cpu(const at::Tensor& codes_in, const std::optional<at::Tensor>& up_in,
                                 int64_t up_bit, const at::Tensor& scale_in, const at::Tensor& table_in,
                                 at::ScalarType dtype) {
@@ -180,6 +217,7 @@ at::Tensor dequantize_codes_cpu(const at::Tensor& codes_in, const std::optional<
   const int64_t numel = codes.numel();
   const int64_t inner = scale.numel() ? numel / scale.numel() : 1;
   const int64_t count = table.numel();
+  constexpr int64_t kOutputs = 257;  // code + round-up bit
   std::atomic<bool> in_range{true};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "zipml_dequantize", [&] {
     const uint8_t* cp = codes.data_ptr<uint8_t>();
@@ -190,11 +228,31 @@ at::Tensor dequantize_codes_cpu(const at::Tensor& codes_in, const std::optional<
     for_each_span(numel, inner, [&](int64_t begin, int64_t end, int64_t group) {
       const float s = sp[group];
       const bool valid = kernel::valid_scale(s);
+      auto value = [&](unsigned code) {
+        return static_cast<scalar_t>(valid ? tp[std::min<int64_t>(code, count - 1)] * s : kernel::quiet_nan());
+      };
       unsigned worst = 0;
-      for (int64_t i = begin; i < end; ++i) {
-        const unsigned code = cp[i] + (upp ? (upp[i] >> up_bit) & 1u : 0u);
-        worst = std::max(worst, code);
-        op[i] = static_cast<scalar_t>(valid ? tp[std::min<int64_t>(code, count - 1)] * s : kernel::quiet_nan());
+      if (end - begin < 4 * kOutputs) {
+        for (int64_t i = begin; i < end; ++i) {
+          const unsigned code = cp[i] + (upp ? (upp[i] >> up_bit) & 1u : 0u);
+          worst = std::max(worst, code);
+          op[i] = value(code);
+        }
+      } else {
+        scalar_t outputs[kOutputs];
+        for (unsigned c = 0; c < kOutputs; ++c) outputs[c] = value(c);
+        if (upp) {
+          for (int64_t i = begin; i < end; ++i) {
+            const unsigned code = cp[i] + ((upp[i] >> up_bit) & 1u);
+            worst = std::max(worst, code);
+            op[i] = outputs[code];
+          }
+        } else {
+          for (int64_t i = begin; i < end; ++i) {
+            worst = std::max<unsigned>(worst, cp[i]);
+            op[i] = outputs[cp[i]];
+          }
+        }
       }
       if (worst >= count) in_range = false;
     });
@@ -203,57 +261,214 @@ at::Tensor dequantize_codes_cpu(const at::Tensor& codes_in, const std::optional<
   return out;
 }
 
+// ---- statistics for the variance-optimal levels ----------------------------------------------------
+
+constexpr int64_t kStage = 256;                       // values binned, then accumulated
+constexpr int64_t kPieceElements = int64_t{1} << 16;  // elements per histogram piece
+constexpr int64_t kMaxPieces = 64;
+
+// The histogram of one piece of the tensor: per bin the count, and the sums of v and v^2 side by side.
+struct HistogramPiece {
+  int64_t* count;
+  double* moments;
+  float lo = std::numeric_limits<float>::infinity();
+  float hi = -std::numeric_limits<float>::infinity();
+  bool finite = true;
+};
+
+// v = normalize(x) of n <= kStage values, their bins min((v + 1) * bins/2, bins - 1), and the extremes
+// of v. SSE2 (every x86-64) four at a time where the build has it; the same float operations either
+// way (max and min return their second operand on NaN, as kernel::normalize's ternaries do).
+void bin_values(const float* x, int64_t n, float inv, float half_bins, int32_t last, float* v, int32_t* bin,
+                HistogramPiece& piece) {
+  const kernel::Levels unit{nullptr, 2};
+  int64_t i = 0;
+#if defined(__SSE2__)
+  const __m128 inv4 = _mm_set1_ps(inv), one = _mm_set1_ps(1.0f), minus_one = _mm_set1_ps(-1.0f),
+               half4 = _mm_set1_ps(half_bins), last4 = _mm_set1_ps(static_cast<float>(last)),
+               big = _mm_set1_ps(std::numeric_limits<float>::max()), sign = _mm_set1_ps(-0.0f);
+  __m128 lo = _mm_set1_ps(piece.lo), hi = _mm_set1_ps(piece.hi), bad = _mm_setzero_ps();
+  for (; i + 4 <= n; i += 4) {
+    const __m128 xv = _mm_loadu_ps(x + i);
+    bad = _mm_or_ps(bad, _mm_cmpnle_ps(_mm_andnot_ps(sign, xv), big));  // !(|x| <= FLT_MAX)
+    const __m128 vv = _mm_min_ps(_mm_max_ps(_mm_mul_ps(xv, inv4), minus_one), one);
+    lo = _mm_min_ps(vv, lo);
+    hi = _mm_max_ps(vv, hi);
+    _mm_storeu_ps(v + i, vv);
+    // min(int(t), last) == int(min(t, last)) for 0 <= t <= bins
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(bin + i),
+                     _mm_cvttps_epi32(_mm_min_ps(_mm_mul_ps(_mm_add_ps(vv, one), half4), last4)));
+  }
+  alignas(16) float los[4], his[4];
+  _mm_store_ps(los, lo);
+  _mm_store_ps(his, hi);
+  for (int k = 0; k < 4; ++k) {
+    piece.lo = std::min(piece.lo, los[k]);
+    piece.hi = std::max(piece.hi, his[k]);
+  }
+  piece.finite &= _mm_movemask_ps(bad) == 0;
+#endif
+  for (; i < n; ++i) {
+    piece.finite &= kernel::is_finite(x[i]);
+    v[i] = kernel::normalize(x[i], inv, unit);
+    piece.lo = std::min(piece.lo, v[i]);
+    piece.hi = std::max(piece.hi, v[i]);
+    bin[i] = std::min(static_cast<int32_t>((v[i] + 1.0f) * half_bins), last);
+  }
+}
+
+void accumulate_bins(const float* v, const int32_t* bin, int64_t n, HistogramPiece& piece) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t k = bin[i];
+    const double d = v[i];
+    piece.count[k] += 1;
+#if defined(__SSE2__)
+    double* m = piece.moments + 2 * k;  // both sums in one read-modify-write
+    _mm_storeu_pd(m, _mm_add_pd(_mm_loadu_pd(m), _mm_set_pd(d * d, d)));
+#else
+    piece.moments[2 * k] += d;
+    piece.moments[2 * k + 1] += d * d;
+#endif
+  }
+}
+
 // Statistics of v = clamp(x / scale, -1, 1) for the variance-optimal levels: per bin of `bins`
 // equal bins over [-1, 1] the count, sum and sum of squares of the values in it (float64), and the
-// minimum and maximum value.
+// minimum and maximum value. The tensor is cut into pieces by its size alone, each summed in order
+// into its own histogram, and the pieces added in order: the float64 sums, and so the levels chosen
+// from them, do not depend on the thread count.
 std::tuple<at::Tensor, at::Tensor> level_histogram_cpu(const at::Tensor& x_in, const at::Tensor& scale_in,
                                                        int64_t bins) {
+  TORCH_CHECK(bins >= 1 && bins <= (int64_t{1} << 30), "_level_histogram: bins must be from 1 to 2^30, got ", bins);
   const at::Tensor x = x_in.contiguous();
   const at::Tensor scale = scale_in.contiguous();
   const int64_t numel = x.numel();
   const int64_t inner = scale.numel() ? numel / scale.numel() : 1;
-  const int threads = at::get_num_threads();
-  std::vector<double> partial(static_cast<size_t>(threads) * bins * 3, 0.0);
-  std::vector<float> lo(threads, std::numeric_limits<float>::infinity());
-  std::vector<float> hi(threads, -std::numeric_limits<float>::infinity());
-  std::atomic<bool> finite{true};
-  const kernel::Levels unit{nullptr, 2};
+  const int64_t pieces = std::clamp<int64_t>(numel / kPieceElements, 1, kMaxPieces);
+  std::vector<int64_t> counts(static_cast<size_t>(pieces * bins), 0);
+  std::vector<double> moments(static_cast<size_t>(pieces * bins * 2), 0.0);
+  std::vector<HistogramPiece> parts(pieces);
+  for (int64_t p = 0; p < pieces; ++p) {
+    parts[p].count = counts.data() + p * bins;
+    parts[p].moments = moments.data() + p * bins * 2;
+  }
   const float half_bins = 0.5f * static_cast<float>(bins);
+  const int32_t last = static_cast<int32_t>(bins - 1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "zipml_level_histogram", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const float* sp = scale.data_ptr<float>();
-    for_each_span(numel, inner, [&](int64_t begin, int64_t end, int64_t group) {
-      const int t = at::get_thread_num();
-      double* h = partial.data() + static_cast<size_t>(t) * bins * 3;
-      const float s = sp[group];
-      const float inv = kernel::inverse_scale(s);
-      bool ok = kernel::valid_scale(s);
-      float mn = lo[t], mx = hi[t];
-      for (int64_t i = begin; i < end; ++i) {
-        const float xv = static_cast<float>(xp[i]);
-        ok &= kernel::is_finite(xv);
-        const float v = kernel::normalize(xv, inv, unit);
-        mn = std::min(mn, v);
-        mx = std::max(mx, v);
-        const int64_t b = std::min<int64_t>(static_cast<int64_t>((v + 1.0f) * half_bins), bins - 1);
-        h[3 * b] += 1.0;
-        h[3 * b + 1] += v;
-        h[3 * b + 2] += static_cast<double>(v) * v;
+    at::parallel_for(0, pieces, 1, [&](int64_t p0, int64_t p1) {
+      float v[kStage];
+      int32_t bin[kStage];
+      for (int64_t p = p0; p < p1; ++p) {
+        HistogramPiece& piece = parts[p];
+        const int64_t end = (p + 1) * numel / pieces;
+        for (int64_t begin = p * numel / pieces; begin < end;) {
+          const int64_t group = begin / inner;
+          const int64_t stop = std::min(end, (group + 1) * inner);
+          const float s = sp[group];
+          const float inv = kernel::inverse_scale(s);
+          piece.finite &= kernel::valid_scale(s);
+          on_float_chunks<scalar_t>(xp, begin, stop, [&](const float* xs, int64_t, int64_t n) {
+            for (int64_t b = 0; b < n; b += kStage) {
+              const int64_t m = std::min(kStage, n - b);
+              bin_values(xs + b, m, inv, half_bins, last, v, bin, piece);
+              accumulate_bins(v, bin, m, piece);
+            }
+          });
+          begin = stop;
+        }
       }
-      lo[t] = mn;
-      hi[t] = mx;
-      if (!ok) finite = false;
     });
   });
-  TORCH_CHECK_VALUE(finite.load(), "optimal_levels: x contains NaN or Inf (or the scale does)");
+  bool finite = true;
+  for (const HistogramPiece& piece : parts) finite &= piece.finite;
+  TORCH_CHECK_VALUE(finite, "optimal_levels: x contains NaN or Inf (or the scale does)");
   at::Tensor stats = at::zeros({bins, 3}, at::kDouble);
   double* st = stats.data_ptr<double>();
-  for (int t = 0; t < threads; ++t)
-    for (int64_t j = 0; j < bins * 3; ++j) st[j] += partial[static_cast<size_t>(t) * bins * 3 + j];
+  for (int64_t p = 0; p < pieces; ++p) {
+    for (int64_t j = 0; j < bins; ++j) {
+      st[3 * j] += static_cast<double>(parts[p].count[j]);
+      st[3 * j + 1] += parts[p].moments[2 * j];
+      st[3 * j + 2] += parts[p].moments[2 * j + 1];
+    }
+  }
+  float lo = parts[0].lo, hi = parts[0].hi;
+  for (const HistogramPiece& piece : parts) {
+    lo = std::min(lo, piece.lo);
+    hi = std::max(hi, piece.hi);
+  }
   at::Tensor range = at::empty({2}, at::kFloat);
-  range[0] = *std::min_element(lo.begin(), lo.end());
-  range[1] = *std::max_element(hi.begin(), hi.end());
+  range[0] = lo;
+  range[1] = hi;
   return {stats, range};
+}
+
+// ---- bit packing (layout in kernels/common/pack.h) ---------------------------------------------------
+
+// Eight codes fill exactly kBits bytes: whole groups are packed and unpacked through a 64-bit word
+// (little-endian bit order, as pack_byte), the bytes after the last whole group byte by byte.
+constexpr int64_t kGroup = 8;
+
+template <int kBits>
+unsigned pack_groups(const uint8_t* codes, uint8_t* packed, int64_t g0, int64_t g1) {
+  unsigned seen = 0;
+  for (int64_t g = g0; g < g1; ++g) {
+    uint64_t word = 0;
+    for (int k = 0; k < kGroup; ++k) {
+      const unsigned code = codes[g * kGroup + k];
+      seen |= code;
+      word |= static_cast<uint64_t>(code) << (k * kBits);
+    }
+    for (int b = 0; b < kBits; ++b) packed[g * kBits + b] = static_cast<uint8_t>(word >> (8 * b));
+  }
+  return seen;
+}
+
+template <int kBits>
+void unpack_groups(const uint8_t* packed, uint8_t* codes, int64_t g0, int64_t g1) {
+  constexpr uint64_t kMask = (uint64_t{1} << kBits) - 1;
+  if constexpr (kBits == 8) {
+    std::memcpy(codes + g0 * kGroup, packed + g0 * kGroup, (g1 - g0) * kGroup);
+    return;
+  } else if constexpr (kBits == 4) {  // vectorizes
+    for (int64_t byte = g0 * kBits; byte < g1 * kBits; ++byte) {
+      codes[2 * byte] = packed[byte] & 15;
+      codes[2 * byte + 1] = packed[byte] >> 4;
+    }
+    return;
+  } else if constexpr (kBits <= 2) {  // the codes of every byte value, tabulated
+    constexpr int kPerByte = 8 / kBits;
+    static const auto spread = [] {
+      std::array<std::array<uint8_t, kPerByte>, 256> t{};
+      for (int byte = 0; byte < 256; ++byte)
+        for (int k = 0; k < kPerByte; ++k) t[byte][k] = static_cast<uint8_t>((byte >> (k * kBits)) & kMask);
+      return t;
+    }();
+    for (int64_t byte = g0 * kBits; byte < g1 * kBits; ++byte)
+      std::memcpy(codes + byte * kPerByte, spread[packed[byte]].data(), kPerByte);
+    return;
+  }
+  for (int64_t g = g0; g < g1; ++g) {
+    uint64_t word = 0;
+    for (int b = 0; b < kBits; ++b) word |= static_cast<uint64_t>(packed[g * kBits + b]) << (8 * b);
+    for (int k = 0; k < kGroup; ++k) codes[g * kGroup + k] = static_cast<uint8_t>((word >> (k * kBits)) & kMask);
+  }
+}
+
+// f.template operator()<bits>() for bits in 1..8.
+template <class F>
+auto with_bits(int64_t bits, F&& f) {
+  switch (bits) {
+    case 1: return f(std::integral_constant<int, 1>());
+    case 2: return f(std::integral_constant<int, 2>());
+    case 3: return f(std::integral_constant<int, 3>());
+    case 4: return f(std::integral_constant<int, 4>());
+    case 5: return f(std::integral_constant<int, 5>());
+    case 6: return f(std::integral_constant<int, 6>());
+    case 7: return f(std::integral_constant<int, 7>());
+    default: return f(std::integral_constant<int, 8>());
+  }
 }
 
 at::Tensor pack_cpu(const at::Tensor& codes_in, int64_t bits) {
@@ -263,15 +478,18 @@ at::Tensor pack_cpu(const at::Tensor& codes_in, int64_t bits) {
   at::Tensor packed = at::empty({nbytes}, codes.options());
   const uint8_t* cp = codes.data_ptr<uint8_t>();
   uint8_t* pp = packed.data_ptr<uint8_t>();
+  const int64_t groups = numel / kGroup;
   std::atomic<bool> in_range{true};
-  at::parallel_for(0, nbytes, 1 << 14, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) pp[b] = kernel::pack_byte(cp, numel, static_cast<int>(bits), b);
-    // Every code that touches these bytes must fit in `bits`; check the ones starting here.
-    unsigned seen = 0;
-    for (int64_t i = (b0 * 8 + bits - 1) / bits; i < std::min(numel, (b1 * 8 + bits - 1) / bits); ++i) seen |= cp[i];
-    if (seen >> bits) in_range = false;
+  with_bits(bits, [&](auto b) {
+    at::parallel_for(0, groups, 1 << 13, [&](int64_t g0, int64_t g1) {
+      if (pack_groups<decltype(b)::value>(cp, pp, g0, g1) >> bits) in_range = false;
+    });
   });
-  TORCH_CHECK_VALUE(in_range.load(), "pack: a code does not fit in bits=", bits, " (codes must be < ", 1 << bits, ")");
+  unsigned seen = 0;
+  for (int64_t i = groups * kGroup; i < numel; ++i) seen |= cp[i];
+  for (int64_t byte = groups * bits; byte < nbytes; ++byte) pp[byte] = kernel::pack_byte(cp, numel, static_cast<int>(bits), byte);
+  TORCH_CHECK_VALUE(in_range.load() && !(seen >> bits), "pack: a code does not fit in bits=", bits,
+                    " (codes must be < ", 1 << bits, ")");
   return packed;
 }
 
@@ -280,9 +498,13 @@ at::Tensor unpack_cpu(const at::Tensor& packed_in, int64_t bits, int64_t numel) 
   at::Tensor codes = at::empty({numel}, packed.options());
   const uint8_t* pp = packed.data_ptr<uint8_t>();
   uint8_t* cp = codes.data_ptr<uint8_t>();
-  at::parallel_for(0, numel, 1 << 15, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) cp[i] = kernel::unpack_code(pp, static_cast<int>(bits), i);
+  const int64_t groups = numel / kGroup;
+  with_bits(bits, [&](auto b) {
+    at::parallel_for(0, groups, 1 << 13, [&](int64_t g0, int64_t g1) {
+      unpack_groups<decltype(b)::value>(pp, cp, g0, g1);
+    });
   });
+  for (int64_t i = groups * kGroup; i < numel; ++i) cp[i] = kernel::unpack_code(pp, static_cast<int>(bits), i);
   return codes;
 }
 

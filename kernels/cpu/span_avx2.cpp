@@ -1,9 +1,10 @@
 // AVX2 span kernels: 8 lanes, 8 Philox counters per register, codebooks of up to 16 levels in
-// registers. The generic kernels of simd_span.h over the operations below.
+// registers. The generic kernels of simd_span.h over the operations below. Also the float16 and
+// bfloat16 conversions of simd_convert.h.
 //
 // Compiled with the flags of every other file: the target pragma below, not a command-line -m flag,
-// enables AVX2 for this file's functions alone (FMA stays off: the kernels must not fuse), and
-// avx2_span_kernels() offers them only when the processor has the instructions.
+// enables AVX2 and F16C for this file's functions alone (FMA stays off: the kernels must not fuse),
+// and avx2_span_kernels() offers them only when the processor has the instructions.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -11,16 +12,21 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
+#include "simd_convert.h"
 #include "span.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define ZIPML_HAVE_AVX2 1
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,f16c"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx2")
+#pragma GCC target("avx2,f16c")
 #endif
 
 namespace zipml::cpu {
@@ -134,6 +140,47 @@ bool double_sample_avx2(const float* x, uint8_t* index, uint8_t* up, int64_t n, 
                         const SpanParams& p) {
   return double_sample_span<Avx2>(x, index, up, n, first, p);
 }
+
+// Eight values at a time; the tails through c10's scalar conversions.
+void from_half_avx2(const c10::Half* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+void to_half_avx2(const float* src, c10::Half* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  for (; i < n; ++i) dst[i] = static_cast<c10::Half>(src[i]);
+}
+
+void from_bfloat16_avx2(const c10::BFloat16* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+    _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+  }
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+// c10's round_to_nearest_even: (u + 0x7FFF + bit 16 of u) >> 16, and 0x7FC0 for NaN.
+void to_bfloat16_avx2(const float* src, c10::BFloat16* dst, int64_t n) {
+  int64_t i = 0;
+  const __m256i bias = _mm256_set1_epi32(0x7FFF), one = _mm256_set1_epi32(1), nan = _mm256_set1_epi32(0x7FC0);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 f = _mm256_loadu_ps(src + i);
+    const __m256i u = _mm256_castps_si256(f);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), one);
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(bias, odd)), 16);
+    r = _mm256_blendv_epi8(r, nan, _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q)));
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0x08);  // 16-bit lanes 0-3, 8-11
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_castsi256_si128(packed));
+  }
+  for (; i < n; ++i) dst[i] = static_cast<c10::BFloat16>(src[i]);
+}
 }  // namespace
 }  // namespace zipml::cpu
 
@@ -146,14 +193,32 @@ bool double_sample_avx2(const float* x, uint8_t* index, uint8_t* up, int64_t n, 
 
 namespace zipml::cpu {
 
+#ifdef ZIPML_HAVE_AVX2
+namespace {
+bool has_avx2_and_f16c() {
+  static const bool supported = [] {
+    __builtin_cpu_init();
+    unsigned eax, ebx, ecx, edx;  // F16C: CPUID leaf 1, ECX bit 29 (not every compiler's builtin knows it)
+    return __builtin_cpu_supports("avx2") && __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
+  }();
+  return supported;
+}
+}  // namespace
+#endif
+
 const SpanKernels* avx2_span_kernels() {
 #ifdef ZIPML_HAVE_AVX2
   static const SpanKernels kernels{"avx2", fake_quantize_avx2, quantize_avx2, double_sample_avx2};
-  static const bool supported = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") != 0;
-  }();
-  return supported ? &kernels : nullptr;
+  return has_avx2_and_f16c() ? &kernels : nullptr;
+#else
+  return nullptr;
+#endif
+}
+
+const FloatConverters* avx2_float_converters() {
+#ifdef ZIPML_HAVE_AVX2
+  static const FloatConverters converters{from_half_avx2, to_half_avx2, from_bfloat16_avx2, to_bfloat16_avx2};
+  return has_avx2_and_f16c() ? &converters : nullptr;
 #else
   return nullptr;
 #endif

@@ -4,11 +4,13 @@ The scalar span kernels (kernels/cpu/span_scalar.cpp, over kernels/common/quanti
 reference; the SIMD variants (kernels/cpu/simd_span.h) must reproduce fake_quantize values (NaN
 positions and bits included), quantize codes and double-sampling indices and round-up bits for every
 kind of levels, rounding, dtype, size and span alignment, and whatever the thread count. Variants the
-processor lacks are skipped.
+processor lacks are skipped. At the end, the CPU drivers' fast paths (bit packing, the tabulated
+dequantization of long spans, the level histogram) against slow, obvious references.
 """
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -252,8 +254,92 @@ def test_thread_count(isa):
             torch.set_num_threads(threads)
             runs.append(_run(isa, x, 4, "stochastic", levels=_codebook(12, seed=1)))
             runs.append(_run(isa, x, 3, "nearest", granularity="tensor"))
+            runs.append(_run(isa, x, 5, "stochastic", levels="optimal"))  # the histogram, in pieces
     finally:
         torch.set_num_threads(previous)
-    for one, two in ((runs[0], runs[2]), (runs[1], runs[3])):
+    for one, two in zip(runs[:3], runs[3:]):
         for name in one:
             assert torch.equal(_bitwise(one[name]), _bitwise(two[name])), name
+
+
+# ---- the drivers' fast paths -------------------------------------------------------------------------
+
+def _pack_reference(codes, bits):
+    """Code i in bits [i*b, (i+1)*b) of a little-endian bit stream (kernels/common/pack.h)."""
+    c = codes.numpy().astype(np.uint16)
+    stream = ((c[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)
+    return torch.from_numpy(np.packbits(stream, bitorder="little"))
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_pack_and_unpack_match_the_bit_stream(bits):
+    g = torch.Generator().manual_seed(bits)
+    for n in (0, 1, 7, 8, 9, 63, 100003):
+        codes = torch.randint(1 << bits, (n,), generator=g, dtype=torch.uint8)
+        packed = torch_zipml.pack(codes, bits)
+        assert torch.equal(packed, _pack_reference(codes, bits)), n
+        assert torch.equal(torch_zipml.unpack(packed, bits, n), codes), n
+        if n:  # unpacking fewer codes than the stream holds reads only their bytes
+            assert torch.equal(torch_zipml.unpack(packed, bits, n - 1), codes[:-1])
+    if bits < 8:
+        codes = torch.zeros(100003, dtype=torch.uint8)
+        for at in (50001, 100002):  # inside the 8-code groups, and in the tail
+            bad = codes.clone()
+            bad[at] = 1 << bits
+            with pytest.raises(ValueError, match=f"does not fit in bits={bits}"):
+                torch_zipml.pack(bad, bits)
+
+
+def _assert_same_values(got, want):
+    """Bitwise equal, NaNs aside (torch's own conversions write other NaN payloads): NaN alike."""
+    nan = torch.isnan(want)
+    assert torch.equal(torch.isnan(got), nan)
+    assert torch.equal(_bitwise(got)[~nan], _bitwise(want)[~nan])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_dequantize_long_spans_match_the_reference(dtype):
+    """Spans of a few codes compute L[code] * s per element; long ones look it up in a table of
+    the 257 products: both are L[code] * s rounded in float32, then converted to dtype."""
+    g = torch.Generator().manual_seed(1)
+    levels = _codebook(200, seed=8)
+    codes = torch.randint(200, (64, 1000), generator=g, dtype=torch.uint8)
+    per_channel = torch.rand(64, 1, generator=g) + 0.5
+    per_channel[1] = math.nan  # an invalid scale: its group is NaN
+    for scale in (torch.tensor([[2.5]]), torch.tensor([[math.nan]]), per_channel):
+        want = (levels[codes.long()] * scale).to(dtype)
+        _assert_same_values(torch_zipml.dequantize(codes, scale, levels, dtype=dtype), want)
+    bad = codes.clone()
+    bad[40, 500] = 200
+    with pytest.raises(ValueError, match="code is >= the number of levels"):
+        torch_zipml.dequantize(bad, torch.tensor([[1.0]]), levels)
+    index = codes.clamp(max=198)  # interval indices: j <= K-2
+    up = torch.randint(4, codes.shape, generator=g, dtype=torch.uint8)
+    first, second = torch.ops.zipml.double_sample_decode(index, up, torch.tensor([[0.5]]), levels, dtype=dtype)
+    for bit, got in ((0, first), (1, second)):
+        _assert_same_values(got, (levels[index.long() + ((up.long() >> bit) & 1)] * 0.5).to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_level_histogram_matches_the_reference(dtype):
+    x = _data(300007, dtype, seed=4)
+    x[:5] = torch.tensor([10.0, -10.0, 0.0, 1.0e-40, -3.0]).to(dtype)  # clipped, zero, denormal
+    scale = torch.tensor([3.0])
+    bins = 1035
+    stats, extremes = torch.ops.zipml._level_histogram(x, scale, bins)
+    v = (x.float() * (1.0 / scale)).clamp(-1.0, 1.0)
+    b = ((v + 1.0) * (0.5 * bins)).to(torch.int64).clamp(max=bins - 1)
+    assert torch.equal(stats[:, 0], torch.bincount(b, minlength=bins).double())
+    assert torch.allclose(stats[:, 1], torch.bincount(b, v.double(), minlength=bins), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(stats[:, 2], torch.bincount(b, v.double() ** 2, minlength=bins), rtol=1e-12, atol=1e-12)
+    assert torch.equal(extremes, torch.stack([v.min(), v.max()]))
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = torch.ops.zipml._level_histogram(x, scale, bins)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.equal(one[0], stats) and torch.equal(one[1], extremes)  # the same bits, any thread count
+    x[123456] = math.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        torch.ops.zipml._level_histogram(x, scale, bins)
