@@ -10,7 +10,7 @@
 // time and the scalar code keeps the baseline instruction set.
 //
 // V provides: kLanes, kTableMax (entries of an in-register table), kLaneBlock (the block each Philox
-// lane computes, see philox_words), the vector types F (float), I (int32), M (lane mask), and the
+// lane computes, see PhiloxStream::words), the vector types F (float), I (int32), M (lane mask), and the
 // operations used below.
 #pragma once
 
@@ -46,37 +46,50 @@ struct PhiloxStream {
     offset_hi = V::set1i(static_cast<uint32_t>(offset >> 32));
   }
 
-  // The words of the 4 * kLanes elements from stream index 4 * block on, in element order:
-  // words[q] holds elements q * kLanes .. q * kLanes + kLanes - 1. Lane l computes block
-  // block + kLaneBlock[l], chosen so that the in-lane 4x4 transpose of V::transpose lands every
-  // word in place without a cross-lane shuffle.
-  void words(uint64_t block, I words[4]) const {
-    I c0, c1;
-    if (static_cast<uint32_t>(block) <= UINT32_MAX - (V::kLanes - 1)) {
-      c0 = V::addi(V::set1i(static_cast<uint32_t>(block)), V::loadi(V::kLaneBlock));
-      c1 = V::set1i(static_cast<uint32_t>(block >> 32));
-    } else {  // the low counter word wraps inside this vector: carry per lane
-      alignas(64) uint32_t lo[V::kLanes], hi[V::kLanes];
-      for (int l = 0; l < V::kLanes; ++l) {
-        const uint64_t b = block + V::kLaneBlock[l];
-        lo[l] = static_cast<uint32_t>(b);
-        hi[l] = static_cast<uint32_t>(b >> 32);
-      }
-      c0 = V::loadi(lo);
-      c1 = V::loadi(hi);
+  // The words of kBatch * 4 * kLanes elements from stream index 4 * block on, in element order:
+  // out[b][stream][q] holds elements (4b + q) * kLanes .. (4b + q + 1) * kLanes - 1. Lane l of
+  // batch b computes block block + b * kLanes + kLaneBlock[l], chosen so that the in-lane 4x4
+  // transpose of V::transpose lands every word in place without a cross-lane shuffle. A batch of
+  // two gives the out-of-order core independent rounds to interleave.
+  template <int kBatch>
+  void words(uint64_t block, I (*out)[2][4], int stream) const {
+    I c0[kBatch], c1[kBatch], c2[kBatch], c3[kBatch];
+    for (int b = 0; b < kBatch; ++b) {
+      counters(block + static_cast<uint64_t>(b) * V::kLanes, c0[b], c1[b]);
+      c2[b] = offset_lo;
+      c3[b] = offset_hi;
     }
-    I c2 = offset_lo, c3 = offset_hi;
     const I mul0 = V::set1i(0xD2511F53u), mul1 = V::set1i(0xCD9E8D57u);
     for (int round = 0; round < 10; ++round) {
-      I hi0, lo0, hi1, lo1;
-      V::mulhilo(c0, mul0, hi0, lo0);
-      V::mulhilo(c2, mul1, hi1, lo1);
-      c0 = V::xor3(hi1, c1, key0[round]);
-      c1 = lo1;
-      c2 = V::xor3(hi0, c3, key1[round]);
-      c3 = lo0;
+      for (int b = 0; b < kBatch; ++b) {
+        I hi0, lo0, hi1, lo1;
+        V::mulhilo(c0[b], mul0, hi0, lo0);
+        V::mulhilo(c2[b], mul1, hi1, lo1);
+        c0[b] = V::xor3(hi1, c1[b], key0[round]);
+        c1[b] = lo1;
+        c2[b] = V::xor3(hi0, c3[b], key1[round]);
+        c3[b] = lo0;
+      }
     }
-    V::transpose(c0, c1, c2, c3, words);
+    for (int b = 0; b < kBatch; ++b) V::transpose(c0[b], c1[b], c2[b], c3[b], out[b][stream]);
+  }
+
+ private:
+  // The low counter words of blocks block + kLaneBlock[l], and the high ones.
+  static void counters(uint64_t block, I& lo, I& hi) {
+    if (static_cast<uint32_t>(block) <= UINT32_MAX - (V::kLanes - 1)) {
+      lo = V::addi(V::set1i(static_cast<uint32_t>(block)), V::loadi(V::kLaneBlock));
+      hi = V::set1i(static_cast<uint32_t>(block >> 32));
+      return;
+    }
+    alignas(64) uint32_t low[V::kLanes], high[V::kLanes];  // the low word wraps inside this vector
+    for (int l = 0; l < V::kLanes; ++l) {
+      const uint64_t b = block + V::kLaneBlock[l];
+      low[l] = static_cast<uint32_t>(b);
+      high[l] = static_cast<uint32_t>(b >> 32);
+    }
+    lo = V::loadi(low);
+    hi = V::loadi(high);
   }
 };
 
@@ -124,6 +137,16 @@ struct GridLevels {
     const F t = V::mul(V::add(v, one), half_k_minus_1);
     at.j = V::mini(V::cvtt(t), last_interval);
     at.frac = V::sub(t, V::cvt(at.j));
+    return at;
+  }
+
+  // As locate, but the last level itself (t = K-1) comes as (K-1, 0) rather than (K-2, 1): the same
+  // code j + up under either rounding (1 always rounds up, 0 never), without the clamp.
+  Interval<V> locate_code(F v) const {
+    Interval<V> at;
+    const F t = V::mul(V::add(v, one), half_k_minus_1);
+    at.j = V::cvtt(t);
+    at.frac = V::fraction(t);  // t - floor(t), t >= 0
     return at;
   }
 
@@ -184,6 +207,7 @@ struct CodebookLevels {
     return at;
   }
 
+  Interval<V> locate_code(F v) const { return locate(v); }
   F value(const Interval<V>& at, M up) const { return V::mul(V::select(up, at.upper, at.lower), scale); }
 };
 
@@ -244,6 +268,7 @@ struct WideCodebookLevels {
     return at;
   }
 
+  Interval<V> locate_code(F v) const { return locate(v); }
   F value(const Interval<V>& at, M up) const { return V::mul(V::select(up, at.upper, at.lower), scale); }
 };
 
@@ -279,13 +304,13 @@ struct Quantizer {
   }
 
   I code(F x, I word) const {
-    const Interval<V> at = locate(x);
+    const Interval<V> at = levels.locate_code(normalize(x));
     return V::inc_where(at.j, round_up(at.frac, word));
   }
 
   // kernel::fake_quantize_value (the scale is valid: the drivers check it per group).
   F fake(F x, I word) const {
-    const Interval<V> at = locate(x);
+    const Interval<V> at = levels.locate_code(normalize(x));
     return V::select(V::not_finite(x), nan, levels.value(at, round_up(at.frac, word)));
   }
 };
@@ -293,33 +318,39 @@ struct Quantizer {
 // ---- span loops -----------------------------------------------------------------------------------
 
 // Runs op over the n elements that start at stream index `first`, in chunks of 4 * kLanes elements
-// aligned to Philox blocks (one word vector per stream per chunk). The chunks cut by the span's
-// ends go through the op's staging buffers; the loop between them runs on the tensor in place.
+// aligned to Philox blocks (one word vector per stream per chunk; one stream draws two chunks' at
+// once). The chunks cut by the span's ends go through the op's staging buffers; the loop between
+// them runs on the tensor in place.
 template <class V, int kStreams, class Op>
 void for_each_chunk(Op& op, int64_t n, uint64_t first, const SpanParams& p) {
   using I = typename V::I;
   constexpr int64_t kChunk = 4 * V::kLanes;
+  constexpr int kBatch = kStreams == 1 ? 2 : 1;
   if (n <= 0) return;
   PhiloxStream<V> streams[kStreams > 0 ? kStreams : 1];  // stream s: offset + s
   for (int s = 0; s < kStreams; ++s) streams[s].init(p.seed, p.offset + s);
-  I words[2][4];
+  I words[kBatch][2][4];  // [chunk of the batch][stream][vector]
   if constexpr (kStreams == 0)  // nearest rounding draws no random words
-    for (I& w : words[0]) w = V::set1i(0);
+    for (I& w : words[0][0]) w = V::set1i(0);
   int64_t i = -static_cast<int64_t>(first & 3);  // element index of the chunk's first word
   uint64_t block = first >> 2;
   if (i < 0 || n < kChunk) {
-    for (int s = 0; s < kStreams; ++s) streams[s].words(block, words[s]);
-    op.partial(i, -i, std::min<int64_t>(n - i, kChunk), words);
+    for (int s = 0; s < kStreams; ++s) streams[s].template words<1>(block, words, s);
+    op.partial(i, -i, std::min<int64_t>(n - i, kChunk), words[0]);
     i += kChunk;
     block += V::kLanes;
   }
-  for (; i + kChunk <= n; i += kChunk, block += V::kLanes) {
-    for (int s = 0; s < kStreams; ++s) streams[s].words(block, words[s]);
-    op.chunk(i, words);
+  for (; i + kBatch * kChunk <= n; i += kBatch * kChunk, block += kBatch * V::kLanes) {
+    for (int s = 0; s < kStreams; ++s) streams[s].template words<kBatch>(block, words, s);
+    for (int b = 0; b < kBatch; ++b) op.chunk(i + b * kChunk, words[b]);
   }
-  if (i < n) {
-    for (int s = 0; s < kStreams; ++s) streams[s].words(block, words[s]);
-    op.partial(i, 0, n - i, words);
+  for (; i < n; i += kChunk, block += V::kLanes) {
+    for (int s = 0; s < kStreams; ++s) streams[s].template words<1>(block, words, s);
+    if (i + kChunk <= n) {
+      op.chunk(i, words[0]);
+    } else {
+      op.partial(i, 0, n - i, words[0]);
+    }
   }
 }
 

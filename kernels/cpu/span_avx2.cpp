@@ -68,6 +68,7 @@ struct Avx2 {
   static F select(M m, F a, F b) { return _mm256_blendv_ps(b, a, m); }
 
   static I cvtt(F a) { return _mm256_cvttps_epi32(a); }
+  static F fraction(F a) { return _mm256_sub_ps(a, _mm256_floor_ps(a)); }  // exact
   static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
   static I addi(I a, I b) { return _mm256_add_epi32(a, b); }
   static I subi(I a, I b) { return _mm256_sub_epi32(a, b); }

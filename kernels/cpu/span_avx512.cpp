@@ -5,7 +5,8 @@
 // enables AVX-512 for this file's functions alone, and avx512_span_kernels() offers them only when
 // the processor has the instructions.
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ < 13
-// GCC 12's AVX-512 headers trip this warning on their own _mm512_undefined_* (GCC bug 105593).
+// GCC 12's AVX-512 headers trip these warnings on their own _mm512_undefined_* (GCC bug 105593).
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
 #include <immintrin.h>
@@ -62,6 +63,7 @@ struct Avx512 {
   static F select(M m, F a, F b) { return _mm512_mask_blend_ps(m, b, a); }
 
   static I cvtt(F a) { return _mm512_cvttps_epi32(a); }
+  static F fraction(F a) { return _mm512_reduce_ps(a, _MM_FROUND_TO_NEG_INF); }  // a - floor(a)
   static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
   static I addi(I a, I b) { return _mm512_add_epi32(a, b); }
   static I subi(I a, I b) { return _mm512_sub_epi32(a, b); }
