@@ -478,19 +478,27 @@ bool with_levels(const SpanParams& p, int rounding, Args... args) {
   return with_rounding<V, Op>(WideCodebookLevels<V>(p), rounding, args..., p);
 }
 
+// Spans shorter than this run the scalar reference: a vector chunk's set-up (round keys, tables,
+// a whole Philox vector for a few blocks) costs more than it saves on a few elements (rows of 3:
+// 2-3x slower than scalar), and the bits are the same either way.
+constexpr int64_t kShortSpan = 16;
+
 template <class V>
 void fake_quantize_span(const float* x, float* out, int64_t n, uint64_t first, const SpanParams& p) {
+  if (n < kShortSpan) return scalar_span_kernels().fake_quantize(x, out, n, first, p);
   with_levels<V, FakeQuantizeOp>(p, p.rounding, x, out, n, first);
 }
 
 template <class V>
 bool quantize_span(const float* x, uint8_t* codes, int64_t n, uint64_t first, const SpanParams& p) {
+  if (n < kShortSpan) return scalar_span_kernels().quantize(x, codes, n, first, p);
   return with_levels<V, QuantizeOp>(p, p.rounding, x, codes, n, first);
 }
 
 template <class V>
 bool double_sample_span(const float* x, uint8_t* index, uint8_t* up, int64_t n, uint64_t first,
                         const SpanParams& p) {
+  if (n < kShortSpan) return scalar_span_kernels().double_sample(x, index, up, n, first, p);
   return with_levels<V, DoubleSampleOp>(p, kernel::kStochastic, x, index, up, n, first);
 }
 

@@ -119,7 +119,7 @@ def test_stochastic_outputs_depend_on_the_words():
 
 
 @needs_simd
-@pytest.mark.parametrize("n", [0, 1, 3, 63, 64, 65, 1000, 100003])
+@pytest.mark.parametrize("n", [0, 1, 3, 16, 17, 63, 64, 65, 1000, 100003])
 @pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
 def test_sizes(n, rounding):
     for bits in (1, 4, 8):
@@ -201,6 +201,8 @@ def test_unaligned_spans(rounding):
         _assert_same_bits(x, bits, rounding, granularity="channel")
         _assert_same_bits(x[:, 1:], bits, rounding, granularity="row")  # non-contiguous
         _assert_same_bits(x.t(), bits, rounding, granularity="channel")  # 1001 channels of 5
+    for rows, length in ((23, 17), (9, 37), (3, 129)):  # short spans at odd offsets (below 16: scalar)
+        _assert_same_bits(_data(rows * length, seed=length).reshape(rows, length), 3, rounding, granularity="row")
     y = _data(13 * 7 * 3, seed=12).reshape(13, 7, 3)
     for granularity in ("row", "channel"):
         _assert_same_bits(y, 3, rounding, granularity=granularity)
