@@ -20,6 +20,9 @@ write into a preallocated output (`out=`): a fresh 256 MB output costs page faul
 kernel; the alternatives have no such form and are timed as they are (compare them with clone).
 
 Each figure is the median of --reps timed runs after --warmup runs, with torch.set_num_threads(2).
+Every row runs alternately with the copy (copy, row, copy, row, ...), and its "x copy" is the ratio
+of the two medians: on a shared machine both then see the same load. optimal_levels alternates
+with the fake_quantize pass it is compared to.
 
     python3 bench/quantize.py                       # writes bench/results/quantize-cpu.json
     python3 bench/quantize.py --log2-numel 22 --reps 3 --output /tmp/q.json   # a quick look
@@ -48,15 +51,24 @@ BYTES_PER_ELEMENT = 8  # float32: 4 read + 4 written
 SEED = 2017
 
 
-def timed(fn, reps, warmup):
+def timed(fn, reps, warmup, partner=None):
+    """Median and best time of fn over reps runs after warmup runs. With a partner, the two run
+    alternately (partner, fn, partner, fn, ...) so that both see the same load, and the partner's
+    median comes third."""
     for _ in range(warmup):
+        if partner is not None:
+            partner()
         fn()
-    times = []
+    times, partner_times = [], []
     for _ in range(reps):
+        if partner is not None:
+            start = time.perf_counter()
+            partner()
+            partner_times.append(time.perf_counter() - start)
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
+    return statistics.median(times), min(times), statistics.median(partner_times) if partner_times else None
 
 
 def machine():
@@ -72,11 +84,13 @@ def machine():
                     flags = set(value.split())
     except OSError:
         pass
-    try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
+    def git(*args):
+        try:
+            return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
     return {
         "cpu": model,
         "logical_cores": os.cpu_count(),
@@ -84,6 +98,7 @@ def machine():
         "torch": torch.__version__,
         "torch_zipml": torch_zipml.__version__,
         "git_commit": commit,
+        "git_uncommitted_changes": bool(status) if status is not None else None,
         "python": platform.python_version(),
         "load_average_at_start": os.getloadavg(),
     }
@@ -109,18 +124,22 @@ def load_qpytorch():
 
 
 class Bench:
+    """Rows of figures; every row after the copy is timed alternately with the copy, and its
+    x_copy is the ratio of the two medians."""
+
     def __init__(self, numel, reps, warmup):
         self.numel, self.reps, self.warmup = numel, reps, warmup
         self.rows = []
-        self.copy_seconds = None
+        self.copy = None
 
     def add(self, name, fn, *, slow=False, **params):
         reps, warmup = (max(1, min(3, self.reps)), 1) if slow else (self.reps, self.warmup)
-        median, best = timed(fn, reps, warmup)
+        median, best, copy_median = timed(fn, reps, warmup, partner=self.copy)
         row = {"name": name, **params, "seconds_median": median, "seconds_min": best,
                "gb_per_s": BYTES_PER_ELEMENT * self.numel / median / 1e9, "reps": reps}
-        if self.copy_seconds is not None:
-            row["x_copy"] = self.copy_seconds / median
+        if copy_median is not None:
+            row["copy_seconds_median_alongside"] = copy_median
+            row["x_copy"] = copy_median / median
         self.rows.append(row)
         print(f"  {name:<58} {median * 1e3:9.2f} ms {row['gb_per_s']:7.2f} GB/s"
               + (f" {row['x_copy']:6.2f}x copy" if "x_copy" in row else ""), flush=True)
@@ -154,8 +173,8 @@ def main():
     bench = Bench(numel, args.reps, args.warmup)
     print("bounds")
     copy = bench.add("copy: y.copy_(x)", lambda: y.copy_(x), group="bound")
-    bench.copy_seconds = copy["seconds_median"]
     copy["x_copy"] = 1.0
+    bench.copy = lambda: y.copy_(x)
     bench.add("clone: x.clone() (fresh output)", lambda: x.clone(), group="bound")
 
     print("torch_zipml.fake_quantize(out=y)")
@@ -214,10 +233,16 @@ def main():
     small = torch.randn(1 << 20)
     small_out = torch.empty_like(small)
     small_scale = small.abs().amax()
-    t_opt = timed(lambda: torch_zipml.optimal_levels(small, 16, candidates=1024), 3 * args.reps, args.warmup)
-    t_fq = timed(lambda: torch_zipml.fake_quantize(small, 4, seed=SEED, out=small_out), 3 * args.reps, args.warmup)
-    t_fq_given = timed(lambda: torch_zipml.fake_quantize(small, 4, granularity=small_scale, seed=SEED,
-                                                         out=small_out), 3 * args.reps, args.warmup)
+    def fq_small():
+        torch_zipml.fake_quantize(small, 4, seed=SEED, out=small_out)
+
+    def fq_small_given():
+        torch_zipml.fake_quantize(small, 4, granularity=small_scale, seed=SEED, out=small_out)
+
+    t_opt = timed(lambda: torch_zipml.optimal_levels(small, 16, candidates=1024), 3 * args.reps, args.warmup,
+                  partner=fq_small)
+    t_fq = (t_opt[2],)
+    t_fq_given = timed(fq_small_given, 3 * args.reps, args.warmup)
     optimal = {"numel": 1 << 20, "num_levels": 16, "candidates": 1024,
                "seconds_median": t_opt[0], "seconds_min": t_opt[1],
                "fake_quantize_seconds_median": t_fq[0],
