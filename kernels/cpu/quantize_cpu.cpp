@@ -487,7 +487,8 @@ at::Tensor pack_cpu(const at::Tensor& codes_in, int64_t bits) {
   });
   unsigned seen = 0;
   for (int64_t i = groups * kGroup; i < numel; ++i) seen |= cp[i];
-  for (int64_t byte = groups * bits; byte < nbytes; ++byte) pp[byte] = kernel::pack_byte(cp, numel, static_cast<int>(bits), byte);
+  for (int64_t byte = groups * bits; byte < nbytes; ++byte)
+    pp[byte] = kernel::pack_byte(cp, numel, static_cast<int>(bits), byte);
   TORCH_CHECK_VALUE(in_range.load() && !(seen >> bits), "pack: a code does not fit in bits=", bits,
                     " (codes must be < ", 1 << bits, ")");
   return packed;

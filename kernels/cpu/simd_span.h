@@ -96,7 +96,8 @@ struct PhiloxStream {
 // ---- locating a normalised value ------------------------------------------------------------------
 //
 // A Levels type finds, for a vector of normalised values v, the interval [L_j, L_j+1] of each and its
-// fraction (kernel::locate), and gives the dequantised value L_(j+up) * scale.
+// fraction: locate exactly as kernel::locate (double sampling stores j), locate_code possibly as
+// another pair with the same code j + up (quantize, fake_quantize). value gives L_(j+up) * scale.
 
 template <class V>
 struct Interval {
@@ -374,8 +375,9 @@ struct FakeQuantizeOp {
     std::memcpy(out + i + a, os + a, (b - a) * sizeof(float));
   }
 
-  __attribute__((noinline)) static bool apply(const Levels& levels, const float* x, float* out, int64_t n, uint64_t first,
-                    const SpanParams& p) {
+  // Not inlined: each kind of levels and rounding keeps its own function and register allocation.
+  __attribute__((noinline)) static bool apply(const Levels& levels, const float* x, float* out, int64_t n,
+                                              uint64_t first, const SpanParams& p) {
     FakeQuantizeOp op{Quantizer<V, Levels, kRounding>(levels, p), x, out};
     for_each_chunk<V, kRounding == kernel::kNearest ? 0 : 1>(op, n, first, p);
     return true;
@@ -408,8 +410,8 @@ struct QuantizeOp {
     std::memcpy(codes + i + a, cs + a, b - a);
   }
 
-  __attribute__((noinline)) static bool apply(const Levels& levels, const float* x, uint8_t* codes, int64_t n, uint64_t first,
-                    const SpanParams& p) {
+  __attribute__((noinline)) static bool apply(const Levels& levels, const float* x, uint8_t* codes, int64_t n,
+                                              uint64_t first, const SpanParams& p) {
     QuantizeOp op{Quantizer<V, Levels, kRounding>(levels, p), x, codes, V::all_lanes()};
     for_each_chunk<V, kRounding == kernel::kNearest ? 0 : 1>(op, n, first, p);
     return V::all(op.finite);
@@ -451,8 +453,8 @@ struct DoubleSampleOp {
     std::memcpy(up + i + a, us + a, b - a);
   }
 
-  __attribute__((noinline)) static bool apply(const Levels& levels, const float* x, uint8_t* index, uint8_t* up, int64_t n,
-                    uint64_t first, const SpanParams& p) {
+  __attribute__((noinline)) static bool apply(const Levels& levels, const float* x, uint8_t* index, uint8_t* up,
+                                              int64_t n, uint64_t first, const SpanParams& p) {
     DoubleSampleOp op{Quantizer<V, Levels, kernel::kStochastic>(levels, p), x, index, up, V::all_lanes()};
     for_each_chunk<V, 2>(op, n, first, p);
     return V::all(op.finite);
