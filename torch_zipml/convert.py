@@ -146,12 +146,13 @@ def convert(model: nn.Module, config: QuantConfig) -> nn.Module:
     `model` itself is a layer)."""
     if not isinstance(config, QuantConfig):
         raise TypeError(f"convert: config must be a QuantConfig, got {type(config).__name__}")
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params():
+            raise ValueError(f"convert: layer {name!r} is lazy and not initialised yet; run one forward pass first")
     layers = _eligible_layers(model)
     if config.seed is None:  # one drawn base seed for every layer whose config has none
         config = config.replace(seed=draw_seed())
     for index, (name, module) in enumerate(layers):
-        if isinstance(module.weight, nn.parameter.UninitializedParameter):
-            raise ValueError(f"convert: layer {name!r} is lazy and not initialised yet; run one forward pass first")
         layer_config = _layer_config(config, name, module, index in (0, len(layers) - 1))
         if layer_config.scheme == "fp32" and type(module) in (nn.Conv2d, nn.Linear):
             continue  # already a plain layer

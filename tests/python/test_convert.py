@@ -130,6 +130,9 @@ def test_convert_errors_name_the_layer_and_the_remedy():
         QuantConfig("zipml", overrides=[("fc", {"bits": 4})])
     with pytest.raises(TypeError, match="config must be a QuantConfig"):
         convert(model, {"scheme": "zipml"})
+    lazy = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    with pytest.raises(ValueError, match="layer '2' is lazy"):
+        convert(lazy, QuantConfig("zipml"))
 
 
 def test_plain_checkpoint_loads_into_a_converted_model_and_back():
