@@ -28,7 +28,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from .nn import ZipConv2d, ZipLinear, _share_parameters
+from .nn import ZipConv2d, ZipLinear, from_layer
 from .ops import draw_seed
 from .xnor import BWNConv2d, BWNLinear, XNORConv2d, XNORLinear
 
@@ -118,8 +118,7 @@ def _layer_config(config: QuantConfig, name: str, module: nn.Module, first_or_la
 
 
 def _build(name: str, module: nn.Module, config: QuantConfig, index: int) -> nn.Module:
-    conv = isinstance(module, nn.Conv2d)
-    cls = (_CONV_CLASSES if conv else _LINEAR_CLASSES)[config.scheme]
+    cls = (_CONV_CLASSES if isinstance(module, nn.Conv2d) else _LINEAR_CLASSES)[config.scheme]
     if config.scheme == "zipml":
         base = draw_seed() if config.seed is None else config.seed
         kwargs = config.zipml_kwargs((base + index) % 2**64)
@@ -128,16 +127,10 @@ def _build(name: str, module: nn.Module, config: QuantConfig, index: int) -> nn.
     else:
         kwargs = {}
     try:
-        if conv:
-            new = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                      module.dilation, module.groups, module.bias is not None, module.padding_mode,
-                      device="meta", **kwargs)
-        else:
-            new = cls(module.in_features, module.out_features, module.bias is not None, device="meta", **kwargs)
+        return from_layer(cls, module, **kwargs)
     except ValueError as e:
         raise ValueError(f"convert: layer {name!r} cannot take scheme {config.scheme!r}: {e} "
                          f"(exclude it with an override, e.g. ({name!r}, {{'scheme': 'fp32'}}))") from None
-    return _share_parameters(new, module)
 
 
 def convert(model: nn.Module, config: QuantConfig) -> nn.Module:

@@ -56,6 +56,7 @@ from torch import nn
 from .ops import draw_seed, fake_quantize, quantize_grad
 
 __all__ = [
+    "from_layer",
     "ZipConv2d",
     "ZipLinear",
     "EVAL_STEP",
@@ -167,21 +168,24 @@ class _ZipQuantized:
         parts.append(f"seed={self.seed}")
         return ", ".join(parts)
 
-    def _quantization_kwargs(self) -> dict:
-        return dict(weight_bits=self.weight_bits, weight_levels=self._levels(), rounding=self.rounding,
-                    granularity=self.granularity, grad_bits=self.grad_bits, act_bits=self.act_bits,
-                    seed=self.seed, eval_rounding=self.eval_rounding, candidates=self.candidates)
 
-
-def _share_parameters(dst: nn.Module, src: nn.Module) -> nn.Module:
-    """dst takes src's weight and bias Parameters themselves (an optimizer built on src keeps
-    working), and its training mode."""
-    dst.weight = src.weight
-    dst.bias = src.bias
-    if getattr(dst, "weight_codebook", None) is not None:
-        dst.weight_codebook = dst.weight_codebook.to(src.weight.device)
-    dst.train(src.training)
-    return dst
+def from_layer(cls, layer: nn.Module, **options) -> nn.Module:
+    """A `cls` layer (nn.Conv2d, nn.Linear or a subclass) with the hyper-parameters of `layer` (a
+    Conv2d or Linear) that takes over its weight and bias Parameters themselves, so an optimizer built
+    on `layer` keeps working, and its training mode. `options` go to cls (e.g. weight_bits)."""
+    if isinstance(layer, nn.Conv2d):
+        new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                  layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode, device="meta", **options)
+    elif isinstance(layer, nn.Linear):
+        new = cls(layer.in_features, layer.out_features, layer.bias is not None, device="meta", **options)
+    else:
+        raise TypeError(f"from_layer: layer must be an nn.Conv2d or nn.Linear, got {type(layer).__name__}")
+    new.weight = layer.weight
+    new.bias = layer.bias
+    if getattr(new, "weight_codebook", None) is not None:
+        new.weight_codebook = new.weight_codebook.to(layer.weight.device)
+    new.train(layer.training)
+    return new
 
 
 class ZipConv2d(_ZipQuantized, nn.Conv2d):
@@ -221,12 +225,6 @@ class ZipConv2d(_ZipQuantized, nn.Conv2d):
     def extra_repr(self) -> str:
         return nn.Conv2d.extra_repr(self) + ", " + self._quantization_repr()
 
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d, **quantization) -> "ZipConv2d":
-        """A ZipConv2d with conv's hyper-parameters, sharing its weight and bias Parameters."""
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                  conv.groups, conv.bias is not None, conv.padding_mode, device="meta", **quantization)
-        return _share_parameters(new, conv)
 
 
 class ZipLinear(_ZipQuantized, nn.Linear):
@@ -249,11 +247,6 @@ class ZipLinear(_ZipQuantized, nn.Linear):
     def extra_repr(self) -> str:
         return nn.Linear.extra_repr(self) + ", " + self._quantization_repr()
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, **quantization) -> "ZipLinear":
-        """A ZipLinear with linear's sizes, sharing its weight and bias Parameters."""
-        new = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta", **quantization)
-        return _share_parameters(new, linear)
 
 
 def rng_state(model: nn.Module) -> Dict[str, Dict[str, int]]:

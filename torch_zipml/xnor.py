@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nn import _share_parameters
 
 __all__ = ["binarize", "binary_weight", "BWNConv2d", "BWNLinear", "XNORConv2d", "XNORLinear"]
 
@@ -83,12 +82,6 @@ class BWNConv2d(nn.Conv2d):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", clip={self.clip}"
 
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d, clip: float = 1.0) -> "BWNConv2d":
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                  conv.groups, conv.bias is not None, conv.padding_mode, device="meta", clip=clip)
-        return _share_parameters(new, conv)
-
 
 class BWNLinear(nn.Linear):
     """nn.Linear with binary weights sign(W) * mean|W| per output feature."""
@@ -102,11 +95,6 @@ class BWNLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", clip={self.clip}"
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, clip: float = 1.0) -> "BWNLinear":
-        new = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta", clip=clip)
-        return _share_parameters(new, linear)
 
 
 class XNORConv2d(nn.Conv2d):
@@ -134,12 +122,6 @@ class XNORConv2d(nn.Conv2d):
     def extra_repr(self) -> str:
         return super().extra_repr() + f", clip={self.clip}"
 
-    @classmethod
-    def from_conv(cls, conv: nn.Conv2d, clip: float = 1.0) -> "XNORConv2d":
-        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                  conv.groups, conv.bias is not None, conv.padding_mode, device="meta", clip=clip)
-        return _share_parameters(new, conv)
-
 
 class XNORLinear(nn.Linear):
     """nn.Linear with binary weights and binary inputs, scaled by alpha (per output feature) and
@@ -156,8 +138,3 @@ class XNORLinear(nn.Linear):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", clip={self.clip}"
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, clip: float = 1.0) -> "XNORLinear":
-        new = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta", clip=clip)
-        return _share_parameters(new, linear)

@@ -11,14 +11,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import torch_zipml as tz
-from torch_zipml.nn import EVAL_STEP, ZipConv2d, ZipLinear, rng_state, set_rng_state
+from torch_zipml.nn import EVAL_STEP, ZipConv2d, ZipLinear, from_layer, rng_state, set_rng_state
 from torch_zipml.xnor import BWNConv2d, BWNLinear, XNORConv2d, XNORLinear, binarize, binary_weight
 
 
 def conv_pair(**quant):
     torch.manual_seed(0)
     plain = nn.Conv2d(3, 8, 3, padding=1)
-    zip_conv = ZipConv2d.from_conv(plain, **{"seed": 11, **quant})
+    zip_conv = from_layer(ZipConv2d, plain, **{"seed": 11, **quant})
     return plain, zip_conv
 
 
