@@ -201,7 +201,8 @@ class ZipConv2d(_ZipQuantized, nn.Conv2d):
         granularity: "tensor" (one scale max|W|) or "channel" (one per output channel); with
             "optimal", one set of levels for the whole tensor, in units of each channel's scale.
         grad_bits: None, or quantize the weight gradient stochastically to this many bits.
-        act_bits: None, or fake-quantize the input (uniform levels, per-tensor scale).
+        act_bits: None, or fake-quantize the input (uniform levels, per-tensor scale max|x|). The
+            levels are symmetric, so on non-negative inputs (after a ReLU) the negative half is unused.
         seed: the layer's Philox key; None draws one from PyTorch's default generator.
         eval_rounding: "sample" (a fixed stochastic draw in eval mode) or "nearest".
         candidates: candidate points of the optimal-levels dynamic program.
