@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from test_data import write_fashion
+from test_data import cifar_records, write_fashion
 from torch_zipml import train as ztrain
 
 
@@ -81,6 +81,17 @@ def test_outputs_csv_json_plot_and_bounded_run(fashion_dir, tmp_path):
     assert metrics["layers"]["layer1.0.conv1"] == "bwn" and metrics["layers"]["conv1"] == "fp32"
     assert metrics["settings"]["scheme"] == "bwn" and "torch" in metrics["environment"]
     assert open(os.path.join(out, "curves.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cifar100_run_uses_three_channels_and_fine_labels(tmp_path):
+    for name, n in (("train.bin", 40), ("test.bin", 10)):
+        (tmp_path / name).write_bytes(cifar_records(n, 2)[2])
+    out = str(tmp_path / "c100")
+    assert run("--dataset", "cifar100", "--data-dir", tmp_path, "--out", out, "--max-steps", 1, "--batch-size", 8,
+               "--scheme", "xnor", "--progress", "off", "--quiet", "--threads", 1, "--no-plot") == 0
+    ckpt = load(out)
+    assert ckpt["model"]["conv1.weight"].shape == (16, 3, 3, 3) and ckpt["model"]["fc.weight"].shape == (100, 64)
+    assert ckpt["data"]["train"]["samples"] == 40
 
 
 def test_resume_rejects_changed_settings(fashion_dir, tmp_path):
