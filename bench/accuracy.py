@@ -1,7 +1,7 @@
 """The accuracy study of ZipML Section 7 on Fashion-MNIST: ResNet-20 with quantized weights, one recipe
 and one budget for every configuration, against FP32 and the XNOR-Net baselines.
 
-    python bench/accuracy.py                        # the CPU budget, about 60-90 min on 2 cores
+    python bench/accuracy.py                        # the CPU budget: about 60 min here (see below)
     python bench/accuracy.py --device cuda --epochs 30 --train-subset 0 --seeds 0,1,2   # full length
     python bench/accuracy.py --configs fp32,bwn --epochs 1 --train-subset 512 --test-subset 500  # smoke
 
@@ -14,6 +14,13 @@ where it stopped. Results: <out>/accuracy.json (written after every run, atomica
 table with the goals) and accuracy.png.
 
 Goals: zipml-w2-optimal >= bwn + 1 point and >= fp32 - 1.5 points; optimal >= uniform at 1, 2, 4 bits.
+
+The CPU budget (3 epochs over 8000 training samples, batch 128, the whole test set) was sized from
+measurements on the 2-core development machine while other jobs loaded it (load average 7-8): with
+one thread, 10 steps plus a 2000-image evaluation took 17.7 s, so one configuration takes about
+5.5 min (189 steps of about 1.1 s, four 10000-image evaluations of about 33 s) and the eleven about
+60 min. With two threads the same work took 63 s: OpenMP threads on oversubscribed cores wait on
+each other, so --threads defaults to 1 here; on a quiet machine, --threads 2 is faster.
 """
 
 from __future__ import annotations
@@ -66,7 +73,7 @@ def parse(argv):
     p.add_argument("--granularity", choices=("tensor", "channel"), default="channel")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     p.add_argument("--runs-dir", default=os.path.join("runs", "accuracy"))
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="directory for accuracy.{json,md,png}")
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto")
