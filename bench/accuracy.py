@@ -120,7 +120,8 @@ def run_one(a, name: str, seed: int) -> dict:
 def summarise(runs: list) -> dict:
     accs = [r["final"]["test_acc"] for r in runs]
     summary = {"test_acc_mean": statistics.fmean(accs),
-               "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "test_acc": accs, "seconds": [r["final"]["seconds"] for r in runs],
+               "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "test_acc": accs,
+               "seconds": [r["final"]["seconds"] for r in runs],
                "curves": [[e["test_acc"] for e in r["epochs"]] for r in runs]}
     nearest = [r["final"].get("test_acc_nearest_eval") for r in runs]
     if all(v is not None for v in nearest):

@@ -30,10 +30,13 @@ order) the seed `config.seed + i`; a layer built directly with `seed=None` draws
 PyTorch's default generator (reproducible under `torch.manual_seed`).
 
 Eval mode. By default (`eval_rounding="sample"`) the eval network is one fixed draw of the
-stochastic weights (stream EVAL_STEP): deterministic, a network of the same distribution the
-batch-norm statistics were collected on, and what one would deploy from the codes. With
-`eval_rounding="nearest"` the eval network rounds to the nearest level instead (biased, but the
+stochastic weights (stream EVAL_STEP): deterministic, and what one would deploy from the codes.
+With `eval_rounding="nearest"` the eval network rounds to the nearest level instead (biased, but the
 least-squares choice). Weights are re-quantized at every eval forward (cheap; no cache to go stale).
+Batch-norm running statistics gathered in training average over many weight draws and do not fit
+any single eval network: at 2 bits, a ResNet-20 evaluated with them scored 13% where the same
+weights with re-estimated statistics scored 38%. `calibrate_batchnorm(model, batches)` returns a
+copy whose statistics are re-estimated for the eval network; the trainer evaluates through it.
 
 Step counters and seeds are deliberately not in `state_dict` (its keys stay those of nn.Conv2d /
 nn.Linear, so checkpoints move freely between the plain and the quantized model, strictly, both
@@ -47,7 +50,8 @@ specialised and recompiled every step. The rest of the model compiles; `fullgrap
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Union
+import copy
+from typing import Dict, Iterable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +64,7 @@ __all__ = [
     "ZipConv2d",
     "ZipLinear",
     "EVAL_STEP",
+    "calibrate_batchnorm",
     "rng_state",
     "set_rng_state",
 ]
@@ -248,6 +253,33 @@ class ZipLinear(_ZipQuantized, nn.Linear):
     def extra_repr(self) -> str:
         return nn.Linear.extra_repr(self) + ", " + self._quantization_repr()
 
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """A copy of `model`, in eval mode, whose batch-norm running statistics are re-estimated
+    ("precise BN") for the network eval mode runs: the inputs of `batches` go through the copy with
+    its quantized layers in eval mode (the fixed draw, or nearest rounding) and its batch norms in
+    training mode, which average the batch statistics with equal weights (momentum=None). The
+    model itself is left untouched. Any model works; for plain layers this re-estimates the
+    statistics of the final weights."""
+    calibrated = copy.deepcopy(model)
+    norms = [m for m in calibrated.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    calibrated.eval()
+    for m in norms:
+        m.train()
+    seen = 0
+    for x in batches:
+        calibrated(x)
+        seen += 1
+    if norms and not seen:
+        raise ValueError("calibrate_batchnorm: no batches given")
+    for m, original in zip(norms, (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))):
+        m.momentum = original.momentum
+    return calibrated.eval()
 
 
 def rng_state(model: nn.Module) -> Dict[str, Dict[str, int]]:

@@ -12,6 +12,12 @@ cross-entropy loss; the model is built from --seed (torch.manual_seed) and conve
 torch_zipml.convert (ZipML layer i gets Philox seed --seed + i); the data order and augmentation of
 epoch e come from (--seed, e) (torch_zipml.data).
 
+Evaluation (after every epoch, on the test split): the network eval mode runs (for stochastic ZipML
+layers one fixed draw of the quantized weights, see torch_zipml.nn), with batch-norm statistics
+re-estimated for it on the first --bn-calibration training batches (torch_zipml.nn.calibrate_batchnorm,
+on a copy: training is unaffected), for every scheme alike. The final result of a model with
+stochastic ZipML layers also reports the accuracy with nearest rounding in eval.
+
 Outputs in --out: metrics.csv and metrics.json (one row per epoch; the JSON also holds the run's
 settings, the machine and the final result), checkpoint.pt after every epoch, curves.png. Every file
 is written to a temporary name and renamed (os.replace), so an interrupted run never leaves a torn
@@ -26,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
 import json
 import math
 import os
@@ -41,7 +48,7 @@ from torch import nn
 from . import data as zdata
 from .convert import QuantConfig, convert, layer_schemes
 from .models import MODELS
-from .nn import rng_state, set_rng_state, _ZipQuantized
+from .nn import _ZipQuantized, calibrate_batchnorm, rng_state, set_rng_state
 
 __all__ = ["build_parser", "main", "train", "evaluate", "write_atomic", "save_atomic", "CHECKPOINT_FORMAT"]
 
@@ -143,6 +150,9 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     r.add_argument("--device", default=d("cpu"), help="cpu, cuda, cuda:N")
     r.add_argument("--threads", type=int, default=d(None), help="torch CPU threads (default: torch's choice)")
     r.add_argument("--eval-batch-size", type=int, default=d(500))
+    r.add_argument("--bn-calibration", type=int, default=d(20), metavar="BATCHES",
+                   help="before each evaluation, re-estimate batch-norm statistics for the evaluated network on "
+                        "this many training batches (unaugmented, in order); 0: use those gathered in training")
     r.add_argument("--progress", choices=("auto", "on", "off"), default=d("auto"),
                    help="progress bar on stderr; auto: when stderr is a terminal")
     r.add_argument("--no-plot", dest="plot", action="store_false", default=d(True), help="skip curves.png")
@@ -161,6 +171,8 @@ def _check_args(a: argparse.Namespace) -> None:
         positive(name, getattr(a, name))
     for name in ("train_subset", "test_subset", "max_steps", "stop_after_epochs", "threads"):
         positive(name, getattr(a, name), allow_none=True)
+    if a.bn_calibration < 0:
+        raise SystemExit(f"error: --bn-calibration must be >= 0, got {a.bn_calibration}")
     for name in ("weight_bits", "grad_bits", "act_bits"):
         v = getattr(a, name)
         if v is not None and not 1 <= v <= 8:
@@ -323,7 +335,8 @@ def train(a: argparse.Namespace, explicit: Optional[Dict] = None,
     train_set = train_set.subset(a.train_subset, seed=a.seed)
     test_set = test_set.subset(a.test_subset, seed=a.seed)
     fingerprint = {split: {"samples": len(ds), "pixel_sum": int(ds.images.sum(dtype=torch.int64)),
-                           "label_sum": int(ds.labels.sum())} for split, ds in (("train", train_set), ("test", test_set))}
+                           "label_sum": int(ds.labels.sum())}
+                   for split, ds in (("train", train_set), ("test", test_set))}
     if ckpt is not None and ckpt["data"] != fingerprint:
         raise SystemExit(f"error: --resume: the data differ from the run's ({ckpt['data']} then, {fingerprint} now); "
                          f"pass --data-dir pointing at the run's data")
@@ -331,6 +344,13 @@ def train(a: argparse.Namespace, explicit: Optional[Dict] = None,
     train_loader = zdata.BatchLoader(train_set, a.batch_size, train=True, seed=a.seed, mean=mean, std=std,
                                      hflip=hflip, device=device)
     test_loader = zdata.BatchLoader(test_set, a.eval_batch_size, train=False, mean=mean, std=std, device=device)
+    calibration_loader = zdata.BatchLoader(train_set, a.batch_size, train=False, mean=mean, std=std, device=device)
+
+    def test(model: nn.Module) -> Dict[str, float]:
+        if a.bn_calibration:
+            inputs = itertools.islice((x for x, _ in calibration_loader.epoch(0)), a.bn_calibration)
+            model = calibrate_batchnorm(model, inputs)
+        return evaluate(model, test_loader)
 
     torch.manual_seed(a.seed)
     model = MODELS[a.model](num_classes=train_set.num_classes, in_channels=train_set.channels)
@@ -399,21 +419,21 @@ def train(a: argparse.Namespace, explicit: Optional[Dict] = None,
         loss_sum, correct = float(loss_sum), int(correct)
         epoch += 1
         run_epochs += 1
-        test = evaluate(model, test_loader)
+        test_result = test(model)
         seconds = time.perf_counter() - start
         elapsed += seconds
         row = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
                "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
-               "test_loss": test["loss"], "test_acc": test["acc"], "epoch_seconds": seconds,
+               "test_loss": test_result["loss"], "test_acc": test_result["acc"], "epoch_seconds": seconds,
                "elapsed_seconds": elapsed}
         history.append(row)
         if step >= total_steps:
-            final = {"test_acc": test["acc"], "test_loss": test["loss"], "steps": step, "epochs": epoch,
-                     "seconds": elapsed}
-            final.update(_other_eval(model, test_loader))
+            final = {"test_acc": test_result["acc"], "test_loss": test_result["loss"], "steps": step,
+                     "epochs": epoch, "seconds": elapsed}
+            final.update(_nearest_eval(model, test))
         if not quiet:
             print(f"epoch {epoch}/{epochs} step {step}: train loss {row['train_loss']:.4f} acc "
-                  f"{row['train_acc']:.2f}% | test loss {test['loss']:.4f} acc {test['acc']:.2f}% | "
+                  f"{row['train_acc']:.2f}% | test loss {test_result['loss']:.4f} acc {test_result['acc']:.2f}% | "
                   f"{seconds:.1f}s", flush=True)
         save_atomic({"format": CHECKPOINT_FORMAT, "settings": settings, "data": fingerprint, "epoch": epoch,
                      "step": step, "model": model.state_dict(), "zipml_rng": rng_state(model),
@@ -435,7 +455,7 @@ def train(a: argparse.Namespace, explicit: Optional[Dict] = None,
     return result
 
 
-def _other_eval(model: nn.Module, loader: zdata.BatchLoader) -> Dict[str, float]:
+def _nearest_eval(model: nn.Module, test: Callable[[nn.Module], Dict[str, float]]) -> Dict[str, float]:
     """For models with stochastic ZipML layers evaluated on a fixed draw: the accuracy with nearest
     rounding in eval too (what a deterministic deployment would see)."""
     layers = [m for m in model.modules() if isinstance(m, _ZipQuantized)
@@ -445,7 +465,7 @@ def _other_eval(model: nn.Module, loader: zdata.BatchLoader) -> Dict[str, float]
     for m in layers:
         m.eval_rounding = "nearest"
     try:
-        r = evaluate(model, loader)
+        r = test(model)
     finally:
         for m in layers:
             m.eval_rounding = "sample"

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import torch_zipml as tz
-from torch_zipml.nn import EVAL_STEP, ZipConv2d, ZipLinear, from_layer, rng_state, set_rng_state
+from torch_zipml.nn import (EVAL_STEP, ZipConv2d, ZipLinear, calibrate_batchnorm, from_layer, rng_state,
+                            set_rng_state)
 from torch_zipml.xnor import BWNConv2d, BWNLinear, XNORConv2d, XNORLinear, binarize, binary_weight
 
 
@@ -130,6 +131,29 @@ def test_optimal_levels_are_the_values_the_weights_take():
     w_q = zc.quantize_operands(torch.zeros(1))[1]
     levels = tz.optimal_levels(w, 4) * w.abs().max()
     assert w_q.unique().numel() <= 4 and torch.isin(w_q.unique(), levels).all()
+
+
+def test_calibrate_batchnorm_fits_the_eval_network_and_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(ZipConv2d(3, 4, 3, weight_bits=2, seed=1), nn.BatchNorm2d(4))
+    for _ in range(3):
+        model(torch.randn(8, 3, 6, 6))  # training-mode running statistics over three weight draws
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batches = [torch.randn(8, 3, 6, 6) for _ in range(4)]
+    calibrated = calibrate_batchnorm(model, batches)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items()) and model.training
+    assert model[0].step == 3 and calibrated[0].step == 3 and not calibrated.training
+    # The eval network's convolution outputs, batch by batch: the statistics are their equal-weight
+    # average (batch means; unbiased batch variances).
+    w = tz.fake_quantize(model[0].weight.detach(), 2, seed=1, offset=4 * EVAL_STEP)
+    outs = [F.conv2d(x, w, model[0].bias.detach()) for x in batches]
+    mean = torch.stack([o.mean((0, 2, 3)) for o in outs]).mean(0)
+    var = torch.stack([o.var((0, 2, 3), unbiased=True) for o in outs]).mean(0)
+    bn = calibrated[1]
+    assert torch.allclose(bn.running_mean, mean, atol=1e-5) and torch.allclose(bn.running_var, var, atol=1e-4)
+    assert bn.momentum == 0.1 and int(bn.num_batches_tracked) == 4
+    with pytest.raises(ValueError, match="no batches"):
+        calibrate_batchnorm(model, [])
 
 
 # ---- gradients -----------------------------------------------------------------------------------
