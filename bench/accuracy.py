@@ -1,7 +1,7 @@
 """The accuracy study of ZipML Section 7 on Fashion-MNIST: ResNet-20 with quantized weights, one recipe
 and one budget for every configuration, against FP32 and the XNOR-Net baselines.
 
-    python bench/accuracy.py                        # the CPU budget: about 60 min here (see below)
+    python bench/accuracy.py                        # the CPU budget: about 70 min here (see below)
     python bench/accuracy.py --device cuda --epochs 30 --train-subset 0 --seeds 0,1,2   # full length
     python bench/accuracy.py --configs fp32,bwn --epochs 1 --train-subset 512 --test-subset 500  # smoke
 
@@ -18,8 +18,8 @@ Goals: zipml-w2-optimal >= bwn + 1 point and >= fp32 - 1.5 points; optimal >= un
 The CPU budget (3 epochs over 8000 training samples, batch 128, the whole test set) was sized from
 measurements on the 2-core development machine while other jobs loaded it (load average 7-8): with
 one thread, 10 steps plus a 2000-image evaluation took 17.7 s, so one configuration takes about
-5.5 min (189 steps of about 1.1 s, four 10000-image evaluations of about 33 s) and the eleven about
-60 min. With two threads the same work took 63 s: OpenMP threads on oversubscribed cores wait on
+6 min (189 steps of about 1.1 s; three or four 10000-image evaluations of about 33 s, each after a
+20-batch batch-norm calibration of about 7 s) and the eleven about 70 min. With two threads the same work took 63 s: OpenMP threads on oversubscribed cores wait on
 each other, so --threads defaults to 1 here; on a quiet machine, --threads 2 is faster.
 """
 
