@@ -8,7 +8,8 @@ and one budget for every configuration, against FP32 and the XNOR-Net baselines.
 Configurations (first and last layer FP32 in all, per-channel weight scales for ZipML):
   fp32, bwn, xnor; zipml-w{1,2,4}-{uniform,optimal} (stochastic rounding); zipml-w2-uniform-nearest
   (nearest rounding, the naive baseline); zipml-w2-optimal-g8 (2-bit weights, 8-bit gradients).
-Each runs `python -m torch_zipml.train`'s training in this process, into <runs-dir>/<config>-s<seed>;
+Evaluation as in the trainer (batch-norm statistics re-estimated for the evaluated network, for all
+configurations alike). Each runs `python -m torch_zipml.train`'s training in this process, into <runs-dir>/<config>-s<seed>;
 a run already complete there with the same settings is reused, so an interrupted study picks up
 where it stopped. Results: <out>/accuracy.json (written after every run, atomically), accuracy.md (a
 table with the goals) and accuracy.png.
@@ -160,8 +161,10 @@ def markdown(report: dict) -> str:
         near = f"{r['test_acc_nearest_eval_mean']:.2f}" if "test_acc_nearest_eval_mean" in r else "-"
         lines.append(f"| {name} | {CONFIGS[name][1]} | {r['test_acc_mean']:.2f}{std} | {near} | "
                      f"{statistics.fmean(r['seconds']) / 60:.1f} |")
-    lines += ["", "Stochastic ZipML layers are evaluated on one fixed draw of the quantized weights (the "
-              "default); 'nearest-eval' evaluates the same trained model with nearest rounding.", "",
+    lines += ["", "Every configuration is evaluated with batch-norm statistics re-estimated for the evaluated "
+              "network on 20 training batches (torch_zipml.nn.calibrate_batchnorm). Stochastic ZipML layers are "
+              "evaluated on one fixed draw of the quantized weights (the default); 'nearest-eval' evaluates the "
+              "same trained model with nearest rounding.", "",
               "| goal | difference (points) | met |", "|---|---:|---|"]
     for g in report["goals"]:
         lines.append(f"| {g['goal']} | {g['value']:+.2f} | {'yes' if g['met'] else 'no'} |")
