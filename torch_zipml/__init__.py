@@ -17,12 +17,23 @@ from .ops import (
     quantize_grad,
     unpack,
 )
+from .nn import ZipConv2d, ZipLinear  # noqa: E402  (needs the operators above)
+from .xnor import BWNConv2d, BWNLinear, XNORConv2d, XNORLinear  # noqa: E402
+from .convert import QuantConfig, convert  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BWNConv2d",
+    "BWNLinear",
     "DoubleSampled",
+    "QuantConfig",
     "QuantizedTensor",
+    "XNORConv2d",
+    "XNORLinear",
+    "ZipConv2d",
+    "ZipLinear",
+    "convert",
     "cpu_isa",
     "dequantize",
     "double_sample",
