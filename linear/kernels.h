@@ -16,15 +16,25 @@
 #include <string>
 #include <vector>
 
+#include "../kernels/common/quantize.h"
+
 namespace zipml::linear {
 
 constexpr int kFloatLanes = 32;
+
+// The symmetric grid of 2^bits - 1 levels on [-1, 1], zero included, on which the model, the
+// gradient and the residuals are quantized (end to end, Section 4.6): level i stands for the integer
+// i - (2^(bits-1) - 1), so 8-bit levels are signed bytes.
+inline kernel::Levels symmetric_grid(int bits) { return kernel::Levels{nullptr, (1 << bits) - 1}; }
+inline int symmetric_half(int bits) { return (1 << (bits - 1)) - 1; }
 
 struct Kernels {
   const char* name;
   // sum_j a[j] * w[j]: lane l accumulates the products j = l (mod 32) in order, then lanes are
   // summed pairwise (l + 16, then + 8, + 4, + 2, + 1).
   float (*dot)(const float* a, const float* w, int64_t n);
+  // out[c] = dot of chunk c of a and w, chunks of `chunk` values (the last may be shorter).
+  void (*dot_chunks)(const float* a, const float* w, int64_t n, int64_t chunk, double* out);
   // g[j] = sum_k e[k] * rows[k][j] for j < n, k in order.
   void (*gemv_t)(const float* const* rows, const float* e, int64_t nrows, int64_t n, float* g);
   // sum over features [c0, c1) of code(j) * m[j], code = interval index + round-up bit of one
@@ -35,9 +45,19 @@ struct Kernels {
   // padding row has t = 0). G has room for c1 - c0 rounded up to 64 values; c0 is a multiple of 64.
   void (*int_gemv_t)(const uint8_t* const* index, const uint8_t* const* up, const int8_t* t, int64_t nrows,
                      int64_t c0, int64_t c1, int bits, int32_t* G);
+  // Stochastic rounding of v[j] / scale on symmetric_grid(bits) for j in [begin, end), begin a
+  // multiple of 4: the core's kernel::quantize_code with the Philox word of index j in stream
+  // (seed, offset). Writes the values L[code] * scale to out_f and/or, for bits <= 8, the integer
+  // levels to out_i (either may be null). Returns the sum of the integer levels.
+  int64_t (*quantize_symmetric)(const float* v, int64_t begin, int64_t end, float scale, int bits, uint64_t seed,
+                                uint64_t offset, float* out_f, int8_t* out_i);
+  // max |v[j]| over [begin, end) (0 for an empty range).
+  float (*max_abs)(const float* v, int64_t begin, int64_t end);
 };
 
 const Kernels& scalar_kernels();
+int64_t quantize_symmetric_scalar(const float* v, int64_t begin, int64_t end, float scale, int bits, uint64_t seed,
+                                  uint64_t offset, float* out_f, int8_t* out_i);
 const Kernels* avx2_kernels();    // nullptr when the build or the processor lacks AVX2
 const Kernels* avx512_kernels();  // needs AVX-512 F, BW, VL, VNNI and VBMI
 

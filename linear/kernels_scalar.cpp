@@ -4,12 +4,15 @@
 #include <cstdlib>
 
 #include "../kernels/common/pack.h"
+#include "../kernels/common/philox.h"
 #include "../kernels/common/quantize.h"
 #include "dataset.h"
 #include "kernels.h"
 
 namespace zipml::linear {
 namespace scalar {
+
+#define ZIPML_VECTOR_BYTES 16
 
 #include "kernels_float_impl.h"
 
@@ -35,7 +38,31 @@ void int_gemv_t(const uint8_t* const* index, const uint8_t* const* up, const int
   }
 }
 
-const Kernels kKernels{"scalar", dot_impl, gemv_t_impl, int_dot, int_gemv_t};
+}  // namespace scalar
+
+int64_t quantize_symmetric_scalar(const float* v, int64_t begin, int64_t end, float scale, int bits, uint64_t seed,
+                                  uint64_t offset, float* out_f, int8_t* out_i) {
+  const kernel::Levels grid = symmetric_grid(bits);
+  const float inv = kernel::inverse_scale(scale);
+  const int half = symmetric_half(bits);
+  int64_t sum = 0;
+  int64_t j = begin;
+  while (j < end) {
+    const kernel::Philox4 block = kernel::philox_block(seed, offset, static_cast<uint64_t>(j) >> 2);
+    for (unsigned lane = j & 3; lane < 4 && j < end; ++lane, ++j) {
+      const int code = kernel::quantize_code(v[j], inv, grid, kernel::kStochastic, block.v[lane]);
+      if (out_f) out_f[j] = grid.at(code) * scale;
+      if (out_i) out_i[j] = static_cast<int8_t>(code - half);
+      sum += code - half;
+    }
+  }
+  return sum;
+}
+
+namespace scalar {
+
+const Kernels kKernels{"scalar",   dot_impl, dot_chunks_impl, gemv_t_impl, int_dot, int_gemv_t, quantize_symmetric_scalar,
+                       max_abs_impl};
 
 }  // namespace scalar
 

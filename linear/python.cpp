@@ -337,5 +337,22 @@ PYBIND11_MODULE(_linear, mod) {
           },
           py::arg("store"), py::arg("copy"), py::arg("rows"), py::arg("sample"), py::arg("t"), py::arg("c0"),
           py::arg("c1"), py::arg("isa") = "");
+  mod.def("quantize_symmetric",
+          [](const FloatArray& v, float scale, int bits, uint64_t seed, uint64_t offset, const std::string& isa) {
+            if (bits < 2 || bits > 8) throw InputError("bits must be from 2 to 8");
+            std::vector<float> values(v.size());
+            std::vector<int8_t> levels(v.size());
+            const int64_t sum = with_isa(isa, [&](const Kernels& k) {
+              return k.quantize_symmetric(v.data(), 0, v.size(), scale, bits, seed, offset, values.data(), levels.data());
+            });
+            return py::make_tuple(to_array(values), to_array(levels), sum);
+          },
+          py::arg("v"), py::arg("scale"), py::arg("bits"), py::arg("seed"), py::arg("offset"), py::arg("isa") = "",
+          "stochastic rounding on the symmetric grid of 2^bits - 1 levels: (values, integer levels, their sum)");
+  mod.def("max_abs",
+          [](const FloatArray& v, const std::string& isa) {
+            return with_isa(isa, [&](const Kernels& k) { return k.max_abs(v.data(), 0, v.size()); });
+          },
+          py::arg("v"), py::arg("isa") = "");
   mod.def("hardware_threads", &hardware_threads);
 }

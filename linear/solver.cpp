@@ -22,19 +22,10 @@ constexpr uint64_t kStreamGradient = 3ull << 56;
 constexpr uint64_t kStreamShuffle = 4ull << 56;
 constexpr uint64_t kStreamOrder = 5ull << 56;
 
-// The residuals of the integer engine are rounded stochastically to the symmetric 8-bit grid.
+// The residuals of the integer engine are rounded stochastically to the symmetric 8-bit grid, and
+// its mini-batches are small enough for 32-bit sums of code * residual.
 constexpr int kResidualBits = 8;
-
-// f(i, word) for i in [begin, end) with the Philox word of index i in stream (seed, offset), one
-// Philox call per four indices, as the core's kernels draw them.
-template <class F>
-void for_each_word(uint64_t seed, uint64_t offset, int64_t begin, int64_t end, F&& f) {
-  int64_t i = begin;
-  while (i < end) {
-    const kernel::Philox4 block = kernel::philox_block(seed, offset, static_cast<uint64_t>(i) >> 2);
-    for (unsigned lane = i & 3; lane < 4 && i < end; ++lane, ++i) f(i, block.v[lane]);
-  }
-}
+constexpr int64_t kMaxIntegerBatch = 16384;
 
 // A permutation of [0, n) by Fisher-Yates with the words of stream (seed, offset).
 std::vector<int64_t> permutation(int64_t n, uint64_t seed, uint64_t offset) {
@@ -47,11 +38,6 @@ std::vector<int64_t> permutation(int64_t n, uint64_t seed, uint64_t offset) {
   }
   return p;
 }
-
-// The symmetric grid of 2^bits - 1 levels on [-1, 1] (zero included) for the model, the gradient
-// and the residuals: level i stands for the integer i - (2^(bits-1) - 1).
-kernel::Levels symmetric_grid(int bits) { return kernel::Levels{nullptr, (1 << bits) - 1}; }
-int symmetric_half(int bits) { return (1 << (bits - 1)) - 1; }
 
 void check_option_bits(int bits, const char* name) {
   if (bits != 0 && (bits < 2 || bits > 16))
@@ -176,7 +162,7 @@ struct Work {
   int tid = 0;
   int64_t k0 = 0, k1 = 0, c0 = 0, c1 = 0;
   double w0 = 0.0;
-  std::vector<float> values, lower, width, wneg, wpos;  // per chunk
+  std::vector<float> values, lower, width, wneg, wpos;  // per feature of the slice
   std::vector<float> block;                             // batch x slice decoded values
   std::vector<const float*> rows;
   std::vector<float> e_scaled;
@@ -184,7 +170,8 @@ struct Work {
   std::vector<uint8_t> refetch;
   std::vector<int64_t> refetch_rows;
   std::vector<int32_t> G;
-  std::vector<int64_t> msum;  // per chunk: sum of the model's integer codes
+  std::vector<double> bound;  // 3 x chunks scratch of the refetch bounds
+  int64_t msum = 0;           // sum of the model's integer codes over the slice
   std::vector<const uint8_t*> index_rows, up_rows;
   std::vector<int8_t> t;
 
@@ -194,9 +181,11 @@ struct Work {
     c0 = std::min(m.cols, k0 * m.chunk);
     c1 = std::min(m.cols, k1 * m.chunk);
     const int64_t b = std::min(m.o.batch_size, m.rows);
-    values.resize(m.chunk);
-    lower.resize(m.chunk);
-    width.resize(m.chunk);
+    const int64_t slice = std::max<int64_t>(c1 - c0, 1);
+    values.resize(slice);
+    lower.resize(slice);
+    width.resize(slice);
+    bound.resize(3 * m.chunks);
     wneg.resize(m.cols64);
     wpos.resize(m.cols64);
     block.resize(static_cast<size_t>(b * std::max<int64_t>(c1 - c0, 1)));
@@ -205,7 +194,6 @@ struct Work {
     e.resize(b);
     refetch.resize(b);
     G.resize(round_up(std::max<int64_t>(c1 - c0, 1), 64));
-    msum.resize(m.chunks);
     index_rows.resize(round_up(b, 4));
     up_rows.resize(round_up(b, 4));
     t.resize(round_up(b, 4));
@@ -215,24 +203,27 @@ struct Work {
   }
 };
 
-double max_abs(const float* v, int64_t begin, int64_t end) {
-  float mx = 0.0f;
-  for (int64_t j = begin; j < end; ++j) mx = std::max(mx, std::fabs(v[j]));
-  return mx;
+
+// Rows are requested this far ahead of the forward pass: a thread reads its slice of each row in a
+// few short runs (and the gradient's round-up plane later), which the hardware prefetchers alone
+// follow poorly.
+constexpr int64_t kPrefetchRows = 4;
+
+void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
 }
 
-// out[j] = Q(v[j]) on the symmetric grid of `bits` with scale s, stochastically, j in [begin, end):
-// as float values (out_f) or as the integer level (out_i).
-void quantize_symmetric(const float* v, int64_t begin, int64_t end, float s, int bits, uint64_t seed,
-                        uint64_t offset, float* out_f, int8_t* out_i) {
-  const kernel::Levels grid = symmetric_grid(bits);
-  const float inv = kernel::inverse_scale(s);
-  const int half = symmetric_half(bits);
-  for_each_word(seed, offset, begin, end, [&](int64_t j, uint32_t word) {
-    const int code = kernel::quantize_code(v[j], inv, grid, kernel::kStochastic, word);
-    if (out_f) out_f[j] = grid.at(code) * s;
-    if (out_i) out_i[j] = static_cast<int8_t>(code - half);
-  });
+// Everything a step reads of this thread's slice of training row r.
+void prefetch_slice(const Impl& m, const Work& W, int copy, int64_t r) {
+  if (m.fp32()) {
+    prefetch_bytes(m.row(r) + W.c0, (W.c1 - W.c0) * 4);
+    return;
+  }
+  const SampleStore& s = *m.store;
+  const int64_t i0 = W.c0 * s.index_bits() / 8, i1 = (W.c1 * s.index_bits() + 7) / 8;
+  prefetch_bytes(s.index_plane(copy, r) + i0, i1 - i0);
+  for (int p = 0; p < s.samples(); ++p) prefetch_bytes(s.up_plane(copy, r, p) + W.c0 / 8, (W.c1 - W.c0 + 7) / 8);
 }
 
 // One mini-batch step on the training rows [r0, r1): every thread of the run calls it with its
@@ -250,18 +241,13 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
   const float* wf = R.w.data();
   double dot_scale = 1.0;
   if (o.model_bits > 0) {
-    R.wmax[W.tid] = max_abs(R.w.data(), W.c0, W.c1);
+    R.wmax[W.tid] = R.k.max_abs(R.w.data(), W.c0, W.c1);
     R.barrier.wait();
     const float s = static_cast<float>(*std::max_element(R.wmax.begin(), R.wmax.end()));
-    quantize_symmetric(R.w.data(), W.c0, W.c1, s, o.model_bits, o.seed, kStreamModel + step_id,
-                       integer ? nullptr : R.wq.data(), integer ? R.m8.data() : nullptr);
+    W.msum = R.k.quantize_symmetric(R.w.data(), W.c0, W.c1, s, o.model_bits, o.seed, kStreamModel + step_id,
+                                    integer ? nullptr : R.wq.data(), integer ? R.m8.data() : nullptr);
     wf = R.wq.data();
     if (integer) {
-      for (int64_t c = W.k0; c < W.k1; ++c) {
-        int64_t sum = 0;
-        for (int64_t j = c * m.chunk; j < std::min(m.cols, (c + 1) * m.chunk); ++j) sum += R.m8[j];
-        W.msum[c] = sum;
-      }
       dot_scale = static_cast<double>(s) / ((K - 1.0) * symmetric_half(o.model_bits));
     }
   }
@@ -271,29 +257,37 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
       W.wpos[j] = std::max(wf[j], 0.0f);
     }
 
-  // 2. Forward: per row and chunk of this thread, the partial dot products.
+  // 2. Forward: per row, this thread's partial dot products, one per chunk of features (an
+  // integer sum, exact, goes to the thread's first chunk).
   double* part = R.partial[parity].data();
+  const int64_t slice = W.c1 - W.c0;
   for (int64_t kk = 0; kk < nb; ++kk) {
     const int64_t r = r0 + kk;
-    for (int64_t c = W.k0; c < W.k1; ++c) {
-      const int64_t j0 = c * m.chunk, j1 = std::min(m.cols, j0 + m.chunk), len = j1 - j0;
-      double* q = part + (kk * P) * m.chunks + c;
-      if (m.fp32()) {
-        q[0] = R.k.dot(m.row(r) + j0, wf + j0, len);
-      } else if (integer) {
-        const int64_t sum = R.k.int_dot(m.store->index_plane(copy, r), m.store->up_plane(copy, r, 0), R.m8.data(),
-                                        j0, j1, m.store->bits());
-        q[0] = static_cast<double>(2 * sum - (K - 1) * W.msum[c]);
-      } else {
-        for (int p = 0; p < m.forward_samples; ++p) {
-          m.store->decode_values(copy, r, p, j0, j1, W.values.data());
-          q[p * m.chunks] = R.k.dot(W.values.data(), wf + j0, len);
-        }
-        if (m.mode == Mode::Refetch) {
-          m.store->decode_intervals(copy, r, j0, j1, W.lower.data(), W.width.data());
-          const double base = R.k.dot(W.lower.data(), wf + j0, len);
-          q[1 * m.chunks] = base + R.k.dot(W.width.data(), W.wneg.data() + j0, len);
-          q[2 * m.chunks] = base + R.k.dot(W.width.data(), W.wpos.data() + j0, len);
+    if (kk + kPrefetchRows < nb) prefetch_slice(m, W, copy, r + kPrefetchRows);
+    double* q = part + kk * P * m.chunks;  // q[p * chunks + c]: quantity p of chunk c
+    if (m.fp32()) {
+      R.k.dot_chunks(m.row(r) + W.c0, wf + W.c0, slice, m.chunk, q + W.k0);
+    } else if (integer) {
+      const int64_t sum = R.k.int_dot(m.store->index_plane(copy, r), m.store->up_plane(copy, r, 0), R.m8.data(),
+                                      W.c0, W.c1, m.store->bits());
+      q[W.k0] = static_cast<double>(2 * sum - (K - 1) * W.msum);
+      std::fill(q + W.k0 + 1, q + W.k1, 0.0);
+    } else {
+      for (int p = 0; p < m.forward_samples; ++p) {
+        m.store->decode_values(copy, r, p, W.c0, W.c1, W.values.data());
+        R.k.dot_chunks(W.values.data(), wf + W.c0, slice, m.chunk, q + p * m.chunks + W.k0);
+      }
+      if (m.mode == Mode::Refetch) {  // the interval box [L_j, L_j+1] bounds every sample
+        m.store->decode_intervals(copy, r, W.c0, W.c1, W.lower.data(), W.width.data());
+        double* base = W.bound.data();
+        double* down = base + m.chunks;
+        double* upward = down + m.chunks;
+        R.k.dot_chunks(W.lower.data(), wf + W.c0, slice, m.chunk, base);
+        R.k.dot_chunks(W.width.data(), W.wneg.data() + W.c0, slice, m.chunk, down);
+        R.k.dot_chunks(W.width.data(), W.wpos.data() + W.c0, slice, m.chunk, upward);
+        for (int64_t c = W.k0; c < W.k1; ++c) {
+          q[1 * m.chunks + c] = base[c - W.k0] + down[c - W.k0];
+          q[2 * m.chunks + c] = base[c - W.k0] + upward[c - W.k0];
         }
       }
     }
@@ -358,17 +352,14 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
   // 4. Backward: this thread's slice of the gradient, sum_k e_k v_k / nb.
   const int64_t width = W.c1 - W.c0;
   if (integer) {
-    double se = 0.0;
-    for (int64_t kk = 0; kk < nb; ++kk) se = std::max(se, std::fabs(W.e[kk]));
-    if (se > 0.0 && width > 0) {
-      const kernel::Levels grid = symmetric_grid(kResidualBits);
-      const float inv = kernel::inverse_scale(static_cast<float>(se));
-      int64_t tsum = 0;
-      for_each_word(o.seed, kStreamResidual + step_id, 0, nb, [&](int64_t kk, uint32_t word) {
-        const int code = kernel::quantize_code(static_cast<float>(W.e[kk]), inv, grid, kernel::kStochastic, word);
-        W.t[kk] = static_cast<int8_t>(code - symmetric_half(kResidualBits));
-        tsum += W.t[kk];
-      });
+    float se = 0.0f;
+    for (int64_t kk = 0; kk < nb; ++kk) {
+      W.e_scaled[kk] = static_cast<float>(W.e[kk]);
+      se = std::max(se, std::fabs(W.e_scaled[kk]));
+    }
+    if (se > 0.0f && width > 0) {
+      const int64_t tsum = R.k.quantize_symmetric(W.e_scaled.data(), 0, nb, se, kResidualBits, o.seed,
+                                                  kStreamResidual + step_id, nullptr, W.t.data());
       const int64_t n4 = round_up(nb, 4);
       for (int64_t kk = 0; kk < n4; ++kk) {
         const int64_t r = kk < nb ? r0 + kk : r0;
@@ -377,10 +368,11 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
         W.up_rows[kk] = m.store->up_plane(copy, r, m.backward_sample);
       }
       R.k.int_gemv_t(W.index_rows.data(), W.up_rows.data(), W.t.data(), n4, W.c0, W.c1, m.store->bits(), W.G.data());
-      const double coef = static_cast<float>(se) /
-                          (static_cast<double>(nb) * (K - 1.0) * symmetric_half(kResidualBits));
-      for (int64_t j = W.c0; j < W.c1; ++j)
-        R.g[j] = static_cast<float>(coef * static_cast<double>(2 * static_cast<int64_t>(W.G[j - W.c0]) - (K - 1) * tsum));
+      const double coef = se / (static_cast<double>(nb) * (K - 1.0) * symmetric_half(kResidualBits));
+      // |2 G - (K - 1) T| <= 2 * 255 * 127 * batch < 2^31 for batches up to kMaxIntegerBatch
+      const int32_t shift = static_cast<int32_t>((K - 1) * tsum);
+      const int32_t* G = W.G.data() - W.c0;
+      for (int64_t j = W.c0; j < W.c1; ++j) R.g[j] = static_cast<float>(coef * static_cast<double>(2 * G[j] - shift));
     } else {
       std::fill(R.g.begin() + W.c0, R.g.begin() + W.c1, 0.0f);
     }
@@ -404,11 +396,11 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
 
   // 5. The gradient as sent to the model's updater.
   if (o.grad_bits > 0) {
-    R.gmax[W.tid] = max_abs(R.g.data(), W.c0, W.c1);
+    R.gmax[W.tid] = R.k.max_abs(R.g.data(), W.c0, W.c1);
     R.barrier.wait();
     const float s = static_cast<float>(*std::max_element(R.gmax.begin(), R.gmax.end()));
-    quantize_symmetric(R.g.data(), W.c0, W.c1, s, o.grad_bits, o.seed, kStreamGradient + step_id, R.g.data(),
-                       nullptr);
+    R.k.quantize_symmetric(R.g.data(), W.c0, W.c1, s, o.grad_bits, o.seed, kStreamGradient + step_id, R.g.data(),
+                           nullptr);
   }
 
   // 6. Update the full-precision model: this thread's slice, and its own copy of the intercept.
@@ -500,12 +492,12 @@ Trainer::Trainer(const float* x, const float* y, int64_t rows, int64_t cols, con
 
   const bool integer_ok = m.samples > 0 && m.mode == Mode::Plain && !o.optimal_levels &&
                           (o.bits == 1 || o.bits == 2 || o.bits == 4 || o.bits == 8) && o.model_bits >= 2 &&
-                          o.model_bits <= 8;
+                          o.model_bits <= 8 && o.batch_size <= kMaxIntegerBatch;
   if (o.engine == Engine::Integer && !integer_ok)
     throw InputError(
         "engine='integer' needs sampling nearest, naive or double with a linear gradient (double sampling of "
-        "logistic and hinge losses is float only), uniform levels, bits 1, 2, 4 or 8, and model_bits from 2 "
-        "to 8");
+        "logistic and hinge losses is float only), uniform levels, bits 1, 2, 4 or 8, model_bits from 2 "
+        "to 8, and batch_size <= 16384");
   m.engine = (o.engine == Engine::Integer || (o.engine == Engine::Auto && integer_ok)) ? Engine::Integer
                                                                                       : Engine::Float;
 
