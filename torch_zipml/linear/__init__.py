@@ -14,7 +14,7 @@ The solvers are the C++ library in linear/ (torch_zipml._linear); `python -m tor
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from .. import _linear
-from ._estimators import LinearRegression, LogisticRegression, LSSVM, SVM
+from ._estimators import LinearRegression, LogisticRegression, LSSVM, SVM, model_from_dict, model_to_dict
 from .data import fashion_mnist_pair, load, load_csv, load_idx, load_libsvm, synthetic_regression
 
 SampleStore = _linear.SampleStore
@@ -48,5 +48,7 @@ __all__ = [
     "load_csv",
     "load_idx",
     "load_libsvm",
+    "model_from_dict",
+    "model_to_dict",
     "synthetic_regression",
 ]

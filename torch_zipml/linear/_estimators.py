@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _linear
 
-__all__ = ["LinearRegression", "LSSVM", "LogisticRegression", "SVM"]
+__all__ = ["LinearRegression", "LSSVM", "LogisticRegression", "SVM", "model_from_dict", "model_to_dict"]
 
 
 def as_float32_matrix(X, name: str = "X") -> np.ndarray:
@@ -283,3 +283,49 @@ class SVM(_Classifier):
         if self.loss not in ("hinge", "squared_hinge"):
             raise ValueError(f"loss must be 'hinge' or 'squared_hinge', got {self.loss!r}")
         return self.loss
+
+
+ESTIMATORS = {cls.__name__: cls for cls in (LinearRegression, LSSVM, LogisticRegression, SVM)}
+
+
+def model_to_dict(model) -> dict:
+    """A fitted estimator as plain data (JSON-ready): its class, parameters, model and history."""
+    if not hasattr(model, "coef_"):
+        raise RuntimeError(f"this {type(model).__name__} is not fitted yet; call fit first")
+    data = {
+        "estimator": type(model).__name__,
+        "params": model.get_params(),
+        "coef": model.coef_.tolist(),
+        "intercept": model.intercept_,
+        "n_features": int(model.n_features_in_),
+        "loss_history": model.loss_history_.tolist(),
+        "bytes_read": model.bytes_read_.tolist(),
+        "epoch_seconds": model.epoch_seconds_.tolist(),
+        "refetch_fraction": model.refetch_fraction_.tolist(),
+        "engine": model.engine_,
+        "isa": model.isa_,
+    }
+    if hasattr(model, "classes_"):
+        data["classes"] = model.classes_.tolist()
+    return data
+
+
+def model_from_dict(data: dict):
+    """The estimator model_to_dict described, fitted (predict and score work)."""
+    try:
+        cls = ESTIMATORS[data["estimator"]]
+        model = cls(**data["params"])
+        model.coef_ = np.asarray(data["coef"], dtype=np.float64)
+        model.intercept_ = float(data["intercept"])
+        model.n_features_in_ = int(data["n_features"])
+        for name in ("loss_history", "bytes_read", "epoch_seconds", "refetch_fraction"):
+            setattr(model, name + "_", np.asarray(data.get(name, [])))
+        model.engine_ = data.get("engine")
+        model.isa_ = data.get("isa")
+        if "classes" in data:
+            model.classes_ = np.asarray(data["classes"], dtype=np.float32)
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"not a torch_zipml.linear model description: {e!r}") from None
+    if model.coef_.shape != (model.n_features_in_,):
+        raise ValueError("model description: coef does not have n_features values")
+    return model
