@@ -53,9 +53,16 @@ struct Kernels {
                                 uint64_t offset, float* out_f, int8_t* out_i);
   // max |v[j]| over [begin, end) (0 for an empty range).
   float (*max_abs)(const float* v, int64_t begin, int64_t end);
+  // out[j - c0] = L[code(j)] for features [c0, c1) of one record with uniform b-bit levels (b in
+  // 1, 2, 4, 8; c0 a multiple of 64): Levels::at of the code, as the store decodes it.
+  void (*decode_uniform)(const uint8_t* index, const uint8_t* up, int64_t c0, int64_t c1, int bits, float* out);
+  // out[i] = the Philox word of element index first + i in stream (seed, offset), i < n.
+  void (*philox_words)(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uint32_t* out);
 };
 
 const Kernels& scalar_kernels();
+void decode_uniform_scalar(const uint8_t* index, const uint8_t* up, int64_t c0, int64_t c1, int bits, float* out);
+void philox_words_scalar(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uint32_t* out);
 int64_t quantize_symmetric_scalar(const float* v, int64_t begin, int64_t end, float scale, int bits, uint64_t seed,
                                   uint64_t offset, float* out_f, int8_t* out_i);
 const Kernels* avx2_kernels();    // nullptr when the build or the processor lacks AVX2

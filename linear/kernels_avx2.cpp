@@ -143,7 +143,7 @@ namespace zipml::linear {
 
 const Kernels* avx2_kernels() {
   static const Kernels k{"avx2", avx2::dot_impl, avx2::dot_chunks_impl, avx2::gemv_t_impl, avx2::int_dot, avx2::int_gemv_t,
-                         quantize_symmetric_scalar, avx2::max_abs_impl};
+                         quantize_symmetric_scalar, avx2::max_abs_impl, decode_uniform_scalar, philox_words_scalar};
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
   return ok ? &k : nullptr;
 }

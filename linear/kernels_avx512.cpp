@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 
 #include "../kernels/common/quantize.h"
@@ -116,6 +117,33 @@ void int_gemv_t(const uint8_t* const* index, const uint8_t* const* up, const int
   }
 }
 
+template <int BITS>
+void decode_uniform_bits(const uint8_t* index, const uint8_t* up, int64_t c0, int64_t c1, float* out) {
+  constexpr int K = 1 << BITS;
+  const __m512 step = _mm512_set1_ps(1.0f / static_cast<float>(K - 1));
+  const __m512i shift = _mm512_set1_epi32(K - 1);
+  for (int64_t j = c0; j < c1; j += 64) {
+    alignas(64) uint8_t codes[64];
+    _mm512_store_si512(codes, decode64<BITS>(index, up, j));
+    for (int q = 0; q < 4 && j + 16 * q < c1; ++q) {
+      const __m512i c = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(codes + 16 * q)));
+      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(c, c), shift)), step);
+      const int64_t left = c1 - (j + 16 * q);
+      _mm512_mask_storeu_ps(out + (j - c0) + 16 * q, left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1), v);
+    }
+  }
+}
+
+void decode_uniform(const uint8_t* index, const uint8_t* up, int64_t c0, int64_t c1, int bits, float* out) {
+  switch (bits) {
+    case 1: return decode_uniform_bits<1>(index, up, c0, c1, out);
+    case 2: return decode_uniform_bits<2>(index, up, c0, c1, out);
+    case 4: return decode_uniform_bits<4>(index, up, c0, c1, out);
+    case 8: return decode_uniform_bits<8>(index, up, c0, c1, out);
+    default: return decode_uniform_scalar(index, up, c0, c1, bits, out);
+  }
+}
+
 // hi:lo = a * b for 16 lanes of 32 bits.
 inline void mulhilo(__m512i a, __m512i b, __m512i& hi, __m512i& lo) {
   const __m512i even = _mm512_mul_epu32(a, b);
@@ -147,6 +175,45 @@ inline void philox16(__m512i c0, __m512i c1, __m512i c2, __m512i c3, uint32_t k0
   out[3] = c3;
 }
 
+// The Philox words of the 64 elements j .. j + 63 (j a multiple of 4) of stream (seed, offset), in
+// element order; false (nothing written) when the 32-bit low counter word would wrap inside.
+inline bool words64(uint64_t seed, uint64_t offset, uint64_t j, __m512i ordered[4]) {
+  const uint64_t block = j >> 2;
+  if ((block & 0xFFFFFFFFu) > 0xFFFFFFFFu - 15) return false;
+  __m512i words[4];
+  philox16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(block)),
+                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
+           _mm512_set1_epi32(static_cast<int32_t>(block >> 32)), _mm512_set1_epi32(static_cast<int32_t>(offset)),
+           _mm512_set1_epi32(static_cast<int32_t>(offset >> 32)), static_cast<uint32_t>(seed),
+           static_cast<uint32_t>(seed >> 32), words);
+  // words[w] lane i is the word of element 4 i + w: transpose to element order.
+  const __m512i t01l = _mm512_unpacklo_epi32(words[0], words[1]), t01h = _mm512_unpackhi_epi32(words[0], words[1]);
+  const __m512i t23l = _mm512_unpacklo_epi32(words[2], words[3]), t23h = _mm512_unpackhi_epi32(words[2], words[3]);
+  const __m512i u0 = _mm512_unpacklo_epi64(t01l, t23l), u1 = _mm512_unpackhi_epi64(t01l, t23l);
+  const __m512i u2 = _mm512_unpacklo_epi64(t01h, t23h), u3 = _mm512_unpackhi_epi64(t01h, t23h);
+  const __m512i x0 = _mm512_shuffle_i64x2(u0, u1, 0x44), x1 = _mm512_shuffle_i64x2(u2, u3, 0x44);
+  const __m512i x2 = _mm512_shuffle_i64x2(u0, u1, 0xEE), x3 = _mm512_shuffle_i64x2(u2, u3, 0xEE);
+  ordered[0] = _mm512_shuffle_i64x2(x0, x1, 0x88);
+  ordered[1] = _mm512_shuffle_i64x2(x0, x1, 0xDD);
+  ordered[2] = _mm512_shuffle_i64x2(x2, x3, 0x88);
+  ordered[3] = _mm512_shuffle_i64x2(x2, x3, 0xDD);
+  return true;
+}
+
+void philox_words(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uint32_t* out) {
+  int64_t i = 0;
+  // Up to the first multiple of 4, and after the last whole group of 64: the scalar loop.
+  const int64_t lead = std::min<int64_t>(n, (4 - static_cast<int64_t>(first & 3)) & 3);
+  philox_words_scalar(seed, offset, first, lead, out);
+  i = lead;
+  for (; i + 64 <= n; i += 64) {
+    __m512i ordered[4];
+    if (!words64(seed, offset, first + i, ordered)) break;
+    for (int q = 0; q < 4; ++q) _mm512_storeu_si512(out + i + 16 * q, ordered[q]);
+  }
+  philox_words_scalar(seed, offset, first + i, n - i, out + i);
+}
+
 int64_t quantize_symmetric(const float* v, int64_t begin, int64_t end, float scale, int bits, uint64_t seed,
                            uint64_t offset, float* out_f, int8_t* out_i) {
   const kernel::Levels grid = symmetric_grid(bits);
@@ -158,23 +225,8 @@ int64_t quantize_symmetric(const float* v, int64_t begin, int64_t end, float sca
   __m512i level_sum = _mm512_setzero_si512();
   int64_t j = begin;
   for (; j + 64 <= end; j += 64) {
-    const uint64_t block = static_cast<uint64_t>(j) >> 2;
-    if ((block & 0xFFFFFFFFu) > 0xFFFFFFFFu - 15) break;  // the low counter word would wrap: scalar
-    __m512i words[4];
-    philox16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(block)),
-                              _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
-             _mm512_set1_epi32(static_cast<int32_t>(block >> 32)), _mm512_set1_epi32(static_cast<int32_t>(offset)),
-             _mm512_set1_epi32(static_cast<int32_t>(offset >> 32)), static_cast<uint32_t>(seed),
-             static_cast<uint32_t>(seed >> 32), words);
-    // words[w] lane i is the word of element 4 i + w: transpose to element order.
-    const __m512i t01l = _mm512_unpacklo_epi32(words[0], words[1]), t01h = _mm512_unpackhi_epi32(words[0], words[1]);
-    const __m512i t23l = _mm512_unpacklo_epi32(words[2], words[3]), t23h = _mm512_unpackhi_epi32(words[2], words[3]);
-    const __m512i u0 = _mm512_unpacklo_epi64(t01l, t23l), u1 = _mm512_unpackhi_epi64(t01l, t23l);
-    const __m512i u2 = _mm512_unpacklo_epi64(t01h, t23h), u3 = _mm512_unpackhi_epi64(t01h, t23h);
-    const __m512i x0 = _mm512_shuffle_i64x2(u0, u1, 0x44), x1 = _mm512_shuffle_i64x2(u2, u3, 0x44);
-    const __m512i x2 = _mm512_shuffle_i64x2(u0, u1, 0xEE), x3 = _mm512_shuffle_i64x2(u2, u3, 0xEE);
-    const __m512i ordered[4] = {_mm512_shuffle_i64x2(x0, x1, 0x88), _mm512_shuffle_i64x2(x0, x1, 0xDD),
-                                _mm512_shuffle_i64x2(x2, x3, 0x88), _mm512_shuffle_i64x2(x2, x3, 0xDD)};
+    __m512i ordered[4];
+    if (!words64(seed, offset, static_cast<uint64_t>(j), ordered)) break;  // the counter would wrap: scalar
     for (int q = 0; q < 4; ++q) {
       const int64_t at = j + 16 * q;
       // v = clamp(x / s, -1, 1); t = (v + 1) (K - 1) / 2; j = min(trunc t, K - 2); up iff u24 < t - j
@@ -214,7 +266,8 @@ namespace zipml::linear {
 const Kernels* avx512_kernels() {
   static const Kernels k{"avx512",           avx512::dot_impl,   avx512::dot_chunks_impl,
                          avx512::gemv_t_impl, avx512::int_dot,    avx512::int_gemv_t,
-                         avx512::quantize_symmetric, avx512::max_abs_impl};
+                         avx512::quantize_symmetric, avx512::max_abs_impl,   avx512::decode_uniform,
+                         avx512::philox_words};
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                          __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");

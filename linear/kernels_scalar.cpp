@@ -40,6 +40,21 @@ void int_gemv_t(const uint8_t* const* index, const uint8_t* const* up, const int
 
 }  // namespace scalar
 
+void decode_uniform_scalar(const uint8_t* index, const uint8_t* up, int64_t c0, int64_t c1, int bits, float* out) {
+  const kernel::Levels grid{nullptr, 1 << bits};
+  const int ib = kernel::interval_bits(grid.count);
+  for (int64_t j = c0; j < c1; ++j) out[j - c0] = grid.at(scalar::code_at(index, up, ib, j));
+}
+
+void philox_words_scalar(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uint32_t* out) {
+  int64_t i = 0;
+  while (i < n) {
+    const uint64_t index = first + i;
+    const kernel::Philox4 block = kernel::philox_block(seed, offset, index >> 2);
+    for (unsigned lane = index & 3; lane < 4 && i < n; ++lane, ++i) out[i] = block.v[lane];
+  }
+}
+
 int64_t quantize_symmetric_scalar(const float* v, int64_t begin, int64_t end, float scale, int bits, uint64_t seed,
                                   uint64_t offset, float* out_f, int8_t* out_i) {
   const kernel::Levels grid = symmetric_grid(bits);
@@ -62,7 +77,7 @@ int64_t quantize_symmetric_scalar(const float* v, int64_t begin, int64_t end, fl
 namespace scalar {
 
 const Kernels kKernels{"scalar",   dot_impl, dot_chunks_impl, gemv_t_impl, int_dot, int_gemv_t, quantize_symmetric_scalar,
-                       max_abs_impl};
+                       max_abs_impl, decode_uniform_scalar, philox_words_scalar};
 
 }  // namespace scalar
 

@@ -349,6 +349,29 @@ PYBIND11_MODULE(_linear, mod) {
           },
           py::arg("v"), py::arg("scale"), py::arg("bits"), py::arg("seed"), py::arg("offset"), py::arg("isa") = "",
           "stochastic rounding on the symmetric grid of 2^bits - 1 levels: (values, integer levels, their sum)");
+  mod.def("decode_uniform",
+          [](const SampleStore& s, int copy, int64_t row, int sample, int64_t c0, int64_t c1, const std::string& isa) {
+            if (!s.levels().uniform || (s.bits() != 1 && s.bits() != 2 && s.bits() != 4 && s.bits() != 8) || c0 % 64)
+              throw InputError("decode_uniform takes uniform 1, 2, 4 or 8-bit stores and c0 a multiple of 64");
+            std::vector<float> out(c1 - c0);
+            with_isa(isa, [&](const Kernels& k) {
+              k.decode_uniform(s.index_plane(copy, row), s.up_plane(copy, row, sample), c0, c1, s.bits(), out.data());
+              return 0;
+            });
+            return to_array(out);
+          },
+          py::arg("store"), py::arg("copy"), py::arg("row"), py::arg("sample"), py::arg("c0"), py::arg("c1"),
+          py::arg("isa") = "");
+  mod.def("philox_words",
+          [](uint64_t seed, uint64_t offset, uint64_t first, int64_t n, const std::string& isa) {
+            std::vector<uint32_t> out(n);
+            with_isa(isa, [&](const Kernels& k) {
+              k.philox_words(seed, offset, first, n, out.data());
+              return 0;
+            });
+            return to_array(out);
+          },
+          py::arg("seed"), py::arg("offset"), py::arg("first"), py::arg("n"), py::arg("isa") = "");
   mod.def("max_abs",
           [](const FloatArray& v, const std::string& isa) {
             return with_isa(isa, [&](const Kernels& k) { return k.max_abs(v.data(), 0, v.size()); });

@@ -117,6 +117,8 @@ struct Trainer::Impl {
   Engine engine = Engine::Float;
   Mode mode = Mode::Plain;
   int samples = 0;          // per value in the store (0: fp32)
+  bool fresh = false;       // one copy, redrawn every epoch
+  int64_t realisation = 0;  // the realisation the fresh store holds
   int forward_samples = 1;  // dot products per row (Plain 1, Chebyshev d)
   int backward_sample = 0;  // the sample whose values multiply e in the gradient
   int64_t chunk = 256, chunks = 1;
@@ -457,7 +459,8 @@ Trainer::Trainer(const float* x, const float* y, int64_t rows, int64_t cols, con
                          ? "decay must be in (0, 1] for the exponential schedule, got " + std::to_string(o.decay)
                          : "decay must be >= 0, got " + std::to_string(o.decay));
   if (!(o.l2 >= 0.0) || !std::isfinite(o.l2)) throw InputError("l2 must be >= 0, got " + std::to_string(o.l2));
-  if (o.copies < 1) throw InputError("copies must be >= 1, got " + std::to_string(o.copies));
+  if (o.copies < 0) throw InputError("copies must be >= 1, or 0 for fresh samples every epoch, got " +
+                                     std::to_string(o.copies));
   if (o.threads < 0) throw InputError("threads must be >= 0 (0: all), got " + std::to_string(o.threads));
   if (o.candidates < 2) throw InputError("candidates must be >= 2, got " + std::to_string(o.candidates));
 
@@ -489,6 +492,7 @@ Trainer::Trainer(const float* x, const float* y, int64_t rows, int64_t cols, con
     m.samples = 1;
   }
   if (o.sampling == Sampling::Nearest) o.copies = 1;
+  m.fresh = o.copies == 0 && m.samples > 0;
 
   const bool integer_ok = m.samples > 0 && m.mode == Mode::Plain && !o.optimal_levels &&
                           (o.bits == 1 || o.bits == 2 || o.bits == 4 || o.bits == 8) && o.model_bits >= 2 &&
@@ -516,7 +520,8 @@ Trainer::Trainer(const float* x, const float* y, int64_t rows, int64_t cols, con
     FeatureLevels levels = o.optimal_levels ? FeatureLevels::make_optimal(m.u.data(), rows, cols, o.bits, o.candidates)
                                             : FeatureLevels::make_uniform(o.bits);
     m.store = std::make_unique<SampleStore>(SampleStore::build(m.u.data(), rows, cols, std::move(levels), m.samples,
-                                                               o.copies, o.sampling == Sampling::Nearest, o.seed, hw));
+                                                               std::max(o.copies, 1), o.sampling == Sampling::Nearest,
+                                                               o.seed, hw));
   }
 }
 
@@ -549,7 +554,12 @@ std::pair<std::vector<double>, double> Trainer::gradient(const std::vector<float
     throw InputError("w must have " + std::to_string(m.cols) + " values, got " + std::to_string(w.size()));
   if (!(0 <= r0 && r0 < r1 && r1 <= m.rows && r1 - r0 <= m.o.batch_size))
     throw InputError("rows [r0, r1) must be a non-empty range of at most batch_size training rows");
-  if (copy < 0 || copy >= (m.store ? m.store->copies() : 1)) throw InputError("copy is out of range");
+  if (copy < 0 || (!m.fresh && copy >= (m.store ? m.store->copies() : 1))) throw InputError("copy is out of range");
+  if (m.fresh) {
+    if (m.realisation != copy) m.store->redraw(m.u.data(), copy, 0, m.rows);
+    impl_->realisation = copy;
+    copy = 0;
+  }
   Run R(m, m.threads);
   std::copy(w.begin(), w.end(), R.w.begin());
   double mean_e = 0.0;
@@ -571,6 +581,7 @@ Result Trainer::fit() {
   Result res;
   const int64_t sample_bytes = m.store ? m.store->bytes_per_copy() : m.rows * m.cols * 4;
   double final_w0 = 0.0;
+  const int64_t start_realisation = m.realisation;
   run_team(m.threads, [&](int tid) {
     Work W(m, tid, m.threads);
     if (o.record_loss) {
@@ -581,7 +592,11 @@ Result Trainer::fit() {
     uint64_t step_id = 0;
     for (int epoch = 0; epoch < o.epochs; ++epoch) {
       const double gamma = step_at(o, epoch);
-      const int copy = m.store ? epoch % m.store->copies() : 0;
+      const int copy = m.store && !m.fresh ? epoch % m.store->copies() : 0;
+      if (m.fresh && (epoch > 0 || start_realisation != 0)) {  // every thread redraws its share of the rows
+        R.barrier.wait();
+        m.store->redraw(m.u.data(), epoch, m.rows * tid / m.threads, m.rows * (tid + 1) / m.threads);
+      }
       if (tid == 0) {
         R.batch_order = permutation(nbatches, o.seed, kStreamShuffle + static_cast<uint64_t>(epoch));
         R.refetched = 0;
@@ -606,6 +621,7 @@ Result Trainer::fit() {
     }
     if (tid == 0) final_w0 = W.w0;
   });
+  if (m.fresh && o.epochs > 0) impl_->realisation = o.epochs - 1;
   res.w.assign(R.w.begin(), R.w.begin() + m.cols);
   res.w0 = final_w0;
   std::tie(res.coef, res.intercept) = unscale(m.scaling, res.w, res.w0);

@@ -52,7 +52,9 @@ struct Options {
   Schedule schedule = Schedule::Constant;  // step of epoch e: see step_at
   double decay = 0.0;
   double l2 = 0.0;               // objective: mean loss + l2 / 2 * |w|^2 (the intercept is not penalised)
-  int copies = 1;                // independent quantized copies, one per epoch in turn
+  int copies = 1;                // independent quantized copies, one per epoch in turn; 0: fresh
+                                 // samples every epoch (one copy, redrawn between epochs: what
+                                 // `epochs` stored copies hold, untimed, in the memory of one)
   uint64_t seed = 0;
   int threads = 1;               // 0: all hardware threads
   Engine engine = Engine::Auto;
@@ -95,8 +97,8 @@ class Trainer {
   Result fit();
 
   // The gradient a training step computes at (w, w0) on the training rows [r0, r1) (in training
-  // order) with copy `copy` and random stream `step`, without updating anything: its w part and
-  // intercept part. For the tests of unbiasedness.
+  // order) with copy `copy` (with fresh samples: realisation `copy`) and random stream `step`,
+  // without updating anything: its w part and intercept part. For the tests of unbiasedness.
   std::pair<std::vector<double>, double> gradient(const std::vector<float>& w, double w0, int64_t r0, int64_t r1,
                                                   int copy, uint64_t step);
   // The objective on the full-precision (scaled) training data.

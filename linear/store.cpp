@@ -6,9 +6,40 @@
 #include "../kernels/common/pack.h"
 #include "../kernels/common/philox.h"
 #include "dataset.h"
+#include "kernels.h"
 #include "team.h"
 
 namespace zipml::linear {
+
+namespace {
+
+// n codes (n a multiple of 8) packed LSB-first at `bits` bits each: kernel::pack_byte, with direct
+// loops for the widths that never straddle a byte.
+void pack_codes(const uint8_t* codes, int64_t n, int bits, uint8_t* out) {
+  const int64_t bytes = n * bits / 8;
+  switch (bits) {
+    case 0: return;
+    case 1:
+      for (int64_t b = 0; b < bytes; ++b) {
+        unsigned v = 0;
+        for (int i = 0; i < 8; ++i) v |= static_cast<unsigned>(codes[8 * b + i]) << i;
+        out[b] = static_cast<uint8_t>(v);
+      }
+      return;
+    case 2:
+      for (int64_t b = 0; b < bytes; ++b)
+        out[b] = static_cast<uint8_t>(codes[4 * b] | codes[4 * b + 1] << 2 | codes[4 * b + 2] << 4 | codes[4 * b + 3] << 6);
+      return;
+    case 4:
+      for (int64_t b = 0; b < bytes; ++b) out[b] = static_cast<uint8_t>(codes[2 * b] | codes[2 * b + 1] << 4);
+      return;
+    case 8: std::copy(codes, codes + n, out); return;
+    default:
+      for (int64_t b = 0; b < bytes; ++b) out[b] = kernel::pack_byte(codes, n, bits, b);
+  }
+}
+
+}  // namespace
 
 SampleStore SampleStore::build(const float* u, int64_t rows, int64_t cols, FeatureLevels levels, int samples,
                                int copies, bool nearest, uint64_t seed, int threads) {
@@ -30,43 +61,48 @@ SampleStore SampleStore::build(const float* u, int64_t rows, int64_t cols, Featu
   s.record_bytes_ = s.index_bytes_ + samples * s.plane_bytes_;
   s.data_.assign(static_cast<size_t>(copies * rows * s.record_bytes_ + 64), 0);
 
-  const int64_t padded = s.cols_padded_;
-  parallel_for(threads, copies * rows, [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> index(padded, 0);
-    std::vector<std::vector<uint8_t>> up(samples, std::vector<uint8_t>(padded, 0));
-    std::vector<float> frac(cols);
-    for (int64_t at = begin; at < end; ++at) {
-      const int copy = static_cast<int>(at / rows);
-      const int64_t row = at % rows;
-      for (int64_t c = 0; c < cols; ++c) {
-        const kernel::Levels lv = s.levels_.of(c);
-        const kernel::Interval iv = kernel::locate(kernel::normalize(u[row * cols + c], 1.0f, lv), lv);
-        index[c] = static_cast<uint8_t>(iv.index);
-        frac[c] = iv.frac;
-      }
-      for (int sample = 0; sample < samples; ++sample) {
-        const uint64_t offset = static_cast<uint64_t>(copy) * samples + sample;
-        uint64_t block = ~uint64_t{0};
-        kernel::Philox4 words{};
-        for (int64_t c = 0; c < cols; ++c) {
-          const uint64_t element = static_cast<uint64_t>(row * cols + c);
-          if (!nearest && (element >> 2) != block) {
-            block = element >> 2;
-            words = kernel::philox_block(seed, offset, block);
-          }
-          up[sample][c] = static_cast<uint8_t>(kernel::round_up(
-              frac[c], nearest ? kernel::kNearest : kernel::kStochastic, nearest ? 0u : words.v[element & 3]));
+  s.seed_ = seed;
+  parallel_for(threads, rows, [&](int64_t begin, int64_t end) { s.fill(u, begin, end, copies, 0); });
+  return s;
+}
+
+void SampleStore::redraw(const float* u, int64_t realisation, int64_t row0, int64_t row1) {
+  if (copies_ != 1 || nearest_) throw InputError("redraw needs a stochastic store of one copy");
+  fill(u, row0, row1, 1, realisation);
+}
+
+// The interval index and fraction of a value do not depend on the sample: locate once per row,
+// pack the index once for every slot, then draw each sample's round-up bits.
+void SampleStore::fill(const float* u, int64_t row0, int64_t row1, int slots, int64_t first_realisation) {
+  const int64_t padded = cols_padded_;
+  const Kernels& k = active_kernels();
+  std::vector<uint8_t> index(padded, 0), up(padded, 0), packed(index_bytes_);
+  std::vector<float> frac(cols_);
+  std::vector<uint32_t> words(cols_);
+  for (int64_t row = row0; row < row1; ++row) {
+    for (int64_t c = 0; c < cols_; ++c) {
+      const kernel::Levels lv = levels_.of(c);
+      const kernel::Interval iv = kernel::locate(kernel::normalize(u[row * cols_ + c], 1.0f, lv), lv);
+      index[c] = static_cast<uint8_t>(iv.index);
+      frac[c] = iv.frac;
+    }
+    pack_codes(index.data(), padded, index_bits_, packed.data());
+    for (int slot = 0; slot < slots; ++slot) {
+      uint8_t* out = data_.data() + (static_cast<int64_t>(slot) * rows_ + row) * record_bytes_;
+      std::copy(packed.begin(), packed.end(), out);
+      for (int sample = 0; sample < samples_; ++sample) {
+        if (nearest_) {
+          for (int64_t c = 0; c < cols_; ++c) up[c] = static_cast<uint8_t>(kernel::round_up(frac[c], kernel::kNearest, 0));
+        } else {
+          const uint64_t stream = static_cast<uint64_t>(first_realisation + slot) * samples_ + sample;
+          k.philox_words(seed_, stream, static_cast<uint64_t>(row * cols_), cols_, words.data());
+          for (int64_t c = 0; c < cols_; ++c)
+            up[c] = static_cast<uint8_t>(kernel::round_up(frac[c], kernel::kStochastic, words[c]));
         }
-      }
-      uint8_t* out = s.data_.data() + at * s.record_bytes_;
-      for (int64_t b = 0; b < s.index_bytes_; ++b) out[b] = kernel::pack_byte(index.data(), padded, s.index_bits_, b);
-      for (int sample = 0; sample < samples; ++sample) {
-        uint8_t* plane = out + s.index_bytes_ + sample * s.plane_bytes_;
-        for (int64_t b = 0; b < s.plane_bytes_; ++b) plane[b] = kernel::pack_byte(up[sample].data(), padded, 1, b);
+        pack_codes(up.data(), padded, 1, out + index_bytes_ + sample * plane_bytes_);
       }
     }
-  });
-  return s;
+  }
 }
 
 int SampleStore::interval(int copy, int64_t row, int64_t col) const {
@@ -95,6 +131,11 @@ void SampleStore::decode_codes(int copy, int64_t row, int sample, int64_t c0, in
 }
 
 void SampleStore::decode_values(int copy, int64_t row, int sample, int64_t c0, int64_t c1, float* values) const {
+  const int bits = levels_.bits;
+  if (levels_.uniform && (bits == 1 || bits == 2 || bits == 4 || bits == 8) && c0 % 64 == 0) {
+    active_kernels().decode_uniform(index_plane(copy, row), up_plane(copy, row, sample), c0, c1, bits, values);
+    return;
+  }
   uint8_t codes[256];
   for (int64_t a = c0; a < c1; a += 256) {
     const int64_t b = std::min(c1, a + 256);

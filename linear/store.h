@@ -32,6 +32,10 @@ class SampleStore {
   static SampleStore build(const float* u, int64_t rows, int64_t cols, FeatureLevels levels, int samples,
                            int copies, bool nearest, uint64_t seed, int threads);
 
+  // Fresh samples: rewrites rows [row0, row1) of a one-copy stochastic store with the samples of
+  // copy `realisation` of the same seed (what copy `realisation` of a larger store would hold).
+  void redraw(const float* u, int64_t realisation, int64_t row0, int64_t row1);
+
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
   int64_t cols_padded() const { return cols_padded_; }
@@ -67,6 +71,9 @@ class SampleStore {
   void decode_intervals(int copy, int64_t row, int64_t c0, int64_t c1, float* lower, float* width) const;
 
  private:
+  void fill(const float* u, int64_t row0, int64_t row1, int slots, int64_t first_realisation);
+
+  uint64_t seed_ = 0;
   int64_t rows_ = 0, cols_ = 0, cols_padded_ = 0;
   int index_bits_ = 0, samples_ = 0, copies_ = 0;
   bool nearest_ = false;

@@ -40,6 +40,13 @@ def test_quantize_symmetric_is_unbiased():
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_philox_words(isa):
+    for first, n in [(0, 200), (3, 130), (2**33 + 1, 70), (4 * (2**32 - 10), 100)]:  # the last wraps a counter word
+        want = ref.philox_words(99, 2**40 + 7, np.arange(first, first + n, dtype=np.uint64))
+        np.testing.assert_array_equal(_linear.philox_words(99, 2**40 + 7, first, n, isa), want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 def test_max_abs(isa):
     for n in (0, 1, 33, 1000):
         v = np.random.default_rng(n).standard_normal(n).astype(np.float32)
@@ -73,6 +80,16 @@ def test_int_gemv_t(isa, bits):
         codes = store.codes(copy, 1)[rows].astype(np.int64)
         want = (codes[:, c0:c1] * t[:, None].astype(np.int64)).sum(0)
         np.testing.assert_array_equal(_linear.int_gemv_t(store, copy, rows, 1, t, c0, c1, isa), want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_decode_uniform(isa, bits):
+    store = random_store(bits)
+    for copy, row, sample, c0, c1 in [(0, 0, 0, 0, 300), (1, 4, 1, 64, 250), (0, 8, 1, 256, 300)]:
+        want = ref.uniform_level_values(store.codes(copy, sample)[row, c0:c1], bits)
+        got = _linear.decode_uniform(store, copy, row, sample, c0, c1, isa)
+        np.testing.assert_array_equal(got, want)
 
 
 def lanes_dot(a, w):

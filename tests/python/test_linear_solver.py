@@ -281,6 +281,22 @@ def test_results_do_not_depend_on_threads_or_instruction_set(options):
         np.testing.assert_array_equal(r["loss_history"], runs[0][2]["loss_history"])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fresh_samples_equal_one_stored_copy_per_epoch(threads):
+    X, y = problem(rows=60, cols=300)
+    common = dict(sampling="double", bits=2, epochs=3, batch_size=8, seed=4, threads=threads)
+    fresh_trainer = trainer(X, y, copies=0, **common)
+    fresh = fresh_trainer.fit()
+    stored = fit(X, y, copies=3, **common)
+    np.testing.assert_array_equal(fresh["w"], stored["w"])
+    np.testing.assert_array_equal(fresh["loss_history"], stored["loss_history"])
+    again = fresh_trainer.fit()  # the store is back at the first realisation
+    np.testing.assert_array_equal(again["w"], fresh["w"])
+    assert fresh_trainer.store.copies == 1
+    one = fit(X, y, copies=1, **common)
+    assert not np.array_equal(one["w"], stored["w"])
+
+
 def test_loss_history_and_bytes():
     A, b = synthetic(rows=300, cols=50)
     r = fit(A, b, sampling="double", bits=4, epochs=3, copies=2)
@@ -334,7 +350,7 @@ def test_mean_label_starts_the_intercept_and_coef_maps_back():
     (dict(schedule="cosine"), "schedule must be one of"),
     (dict(schedule="exponential", decay=1.5), "decay must be in"),
     (dict(l2=-1.0), "l2 must be >= 0"),
-    (dict(copies=0), "copies must be >= 1"),
+    (dict(copies=-1), "copies must be >= 1, or 0 for fresh samples"),
     (dict(engine="gpu"), "engine must be one of"),
     (dict(engine="integer", bits=3, model_bits=8), "engine='integer' needs"),
     (dict(engine="integer", bits=4), "engine='integer' needs"),

@@ -66,8 +66,9 @@ class _ZipMLLinear:
         epochs, step_size, batch_size: SGD; schedule "constant", "inverse" (step / (1 + decay e)),
             "inverse_sqrt" or "exponential" (step * decay**e), e the epoch.
         l2: L2 penalty, objective = mean loss + l2 / 2 |w|^2 (intercept not penalised).
-        copies: independent quantized copies of the data, one per epoch in turn (fresh samples);
-            1 keeps one fixed realisation.
+        copies: independent quantized copies of the data stored, one per epoch in turn; 1 keeps
+            one fixed realisation; 0 draws fresh samples for every epoch (one copy, redrawn between
+            epochs outside the timed training: what `epochs` stored copies would hold).
         seed: every random choice (shuffling, quantization) follows from it.
         n_jobs: threads (None: 1, -1: all).
         engine: "auto", "float" or "integer" (the integer SIMD path: uniform 1, 2, 4 or 8-bit data
