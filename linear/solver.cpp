@@ -142,6 +142,7 @@ struct Run {
   Barrier barrier;
   std::vector<double> partial[2], refetch_partial[2];  // [row][quantity][chunk]
   std::vector<float> w, wq, g;                         // cols64 each
+  std::vector<float> avg;                              // the averaged iterate (average_from >= 0)
   std::vector<int8_t> m8;                              // the model's integer codes (integer engine)
   std::vector<double> wmax, gmax;                      // per thread
   std::vector<int64_t> batch_order;
@@ -150,7 +151,7 @@ struct Run {
 
   Run(const Impl& impl, int t)
       : m(impl), k(active_kernels()), threads(t), barrier(t), w(impl.cols64, 0.0f), wq(impl.cols64, 0.0f),
-        g(impl.cols64, 0.0f), m8(impl.cols64, 0), wmax(t, 0.0), gmax(t, 0.0) {
+        g(impl.cols64, 0.0f), avg(impl.cols64, 0.0f), m8(impl.cols64, 0), wmax(t, 0.0), gmax(t, 0.0) {
     const size_t n = static_cast<size_t>(std::min(impl.o.batch_size, impl.rows) * impl.quantities() * impl.chunks);
     for (int p = 0; p < 2; ++p) {
       partial[p].assign(n, 0.0);
@@ -164,6 +165,8 @@ struct Work {
   int tid = 0;
   int64_t k0 = 0, k1 = 0, c0 = 0, c1 = 0;
   double w0 = 0.0;
+  double w0_avg = 0.0;
+  int64_t averaged = 0;  // steps in the average
   std::vector<float> values, lower, width, wneg, wpos;  // per feature of the slice
   std::vector<float> block;                             // batch x slice decoded values
   std::vector<const float*> rows;
@@ -417,22 +420,22 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
 // The objective at (run.w, w0), the rows split in fixed blocks; every thread calls it.
 constexpr int64_t kEvalBlock = 4096;
 
-void evaluate_partial(Run& R, const Work& W, double w0) {
+void evaluate_partial(Run& R, const Work& W, const float* w, double w0) {
   const Impl& m = R.m;
   const int64_t blocks = (m.rows + kEvalBlock - 1) / kEvalBlock;
   for (int64_t b = W.tid; b < blocks; b += R.threads) {
     double sum = 0.0;
     for (int64_t r = b * kEvalBlock; r < std::min(m.rows, (b + 1) * kEvalBlock); ++r)
-      sum += loss_value(m.o.loss, R.k.dot(m.row(r), R.w.data(), m.cols) + w0, m.y[r]);
+      sum += loss_value(m.o.loss, R.k.dot(m.row(r), w, m.cols) + w0, m.y[r]);
     R.eval_partial[b] = sum;
   }
 }
 
-double evaluate_total(const Run& R) {
+double evaluate_total(const Run& R, const float* w) {
   double sum = 0.0;
   for (double p : R.eval_partial) sum += p;
   double norm = 0.0;
-  for (int64_t j = 0; j < R.m.cols; ++j) norm += static_cast<double>(R.w[j]) * R.w[j];
+  for (int64_t j = 0; j < R.m.cols; ++j) norm += static_cast<double>(w[j]) * w[j];
   return sum / static_cast<double>(R.m.rows) + 0.5 * R.m.o.l2 * norm;
 }
 
@@ -463,6 +466,9 @@ Trainer::Trainer(const float* x, const float* y, int64_t rows, int64_t cols, con
                                      std::to_string(o.copies));
   if (o.threads < 0) throw InputError("threads must be >= 0 (0: all), got " + std::to_string(o.threads));
   if (o.candidates < 2) throw InputError("candidates must be >= 2, got " + std::to_string(o.candidates));
+  if (o.average_from < -1)
+    throw InputError("average must be None (-1) or the epoch from which iterates are averaged, got " +
+                     std::to_string(o.average_from));
 
   m.rows = rows;
   m.cols = cols;
@@ -543,8 +549,8 @@ double Trainer::objective(const std::vector<float>& w, double w0) const {
   std::copy(w.begin(), w.end(), R.w.begin());
   R.eval_partial.assign((impl_->rows + kEvalBlock - 1) / kEvalBlock, 0.0);
   Work W(*impl_, 0, 1);
-  evaluate_partial(R, W, w0);
-  return evaluate_total(R);
+  evaluate_partial(R, W, R.w.data(), w0);
+  return evaluate_total(R, R.w.data());
 }
 
 std::pair<std::vector<double>, double> Trainer::gradient(const std::vector<float>& w, double w0, int64_t r0,
@@ -584,11 +590,15 @@ Result Trainer::fit() {
   const int64_t start_realisation = m.realisation;
   run_team(m.threads, [&](int tid) {
     Work W(m, tid, m.threads);
-    if (o.record_loss) {
-      evaluate_partial(R, W, W.w0);
+    // The model whose objective is recorded: the iterate, or its running average once averaging runs.
+    auto record = [&](bool averaging) {
+      const float* w = averaging ? R.avg.data() : R.w.data();
+      const double w0 = averaging ? W.w0_avg : W.w0;
+      evaluate_partial(R, W, w, w0);
       R.barrier.wait();
-      if (tid == 0) res.loss_history.push_back(evaluate_total(R));
-    }
+      if (tid == 0) res.loss_history.push_back(evaluate_total(R, w));
+    };
+    if (o.record_loss) record(false);
     uint64_t step_id = 0;
     for (int epoch = 0; epoch < o.epochs; ++epoch) {
       const double gamma = step_at(o, epoch);
@@ -603,9 +613,15 @@ Result Trainer::fit() {
       }
       R.barrier.wait();
       const auto start = std::chrono::steady_clock::now();
+      const bool averaging = o.average_from >= 0 && epoch >= o.average_from;
       for (int64_t b = 0; b < nbatches; ++b, ++step_id) {
         const int64_t r0 = R.batch_order[b] * o.batch_size, r1 = std::min(m.rows, r0 + o.batch_size);
         step(R, W, r0, r1, copy, step_id, gamma, true, static_cast<int>(step_id & 1));
+        if (averaging) {  // Polyak-Ruppert: the mean of the iterates since epoch average_from
+          const float f = 1.0f / static_cast<float>(++W.averaged);
+          for (int64_t j = W.c0; j < W.c1; ++j) R.avg[j] += (R.w[j] - R.avg[j]) * f;
+          W.w0_avg += (W.w0 - W.w0_avg) / static_cast<double>(W.averaged);
+        }
       }
       R.barrier.wait();
       if (tid == 0) {
@@ -613,16 +629,13 @@ Result Trainer::fit() {
         res.bytes_read.push_back(sample_bytes + m.rows * 4 + R.refetched * m.cols * 4);
         res.refetch_fraction.push_back(static_cast<double>(R.refetched) / static_cast<double>(m.rows));
       }
-      if (o.record_loss) {
-        evaluate_partial(R, W, W.w0);
-        R.barrier.wait();
-        if (tid == 0) res.loss_history.push_back(evaluate_total(R));
-      }
+      if (o.record_loss) record(averaging);
     }
-    if (tid == 0) final_w0 = W.w0;
+    if (tid == 0) final_w0 = W.averaged > 0 ? W.w0_avg : W.w0;
   });
   if (m.fresh && o.epochs > 0) impl_->realisation = o.epochs - 1;
-  res.w.assign(R.w.begin(), R.w.begin() + m.cols);
+  const bool averaged = o.average_from >= 0 && o.average_from < o.epochs;
+  res.w.assign((averaged ? R.avg : R.w).begin(), (averaged ? R.avg : R.w).begin() + m.cols);
   res.w0 = final_w0;
   std::tie(res.coef, res.intercept) = unscale(m.scaling, res.w, res.w0);
   res.scaling = m.scaling;

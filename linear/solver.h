@@ -63,6 +63,8 @@ struct Options {
   int degree = 7;                // Chebyshev degree (logistic, double sampling)
   double chebyshev_range = 6.0;  // the polynomial approximates l' on [-range, range]
   bool record_loss = true;       // evaluate the objective after every epoch
+  int average_from = -1;         // >= 0: return (and record) the mean of the iterates of the steps
+                                 // from this epoch on (Polyak-Ruppert averaging); -1: the last iterate
 };
 
 // The step size of epoch e (0-based): constant gamma; inverse gamma / (1 + decay e); inverse_sqrt
@@ -75,7 +77,8 @@ struct Result {
   std::vector<double> coef;  // the same model on the original features
   double intercept = 0.0;
   Scaling scaling;
-  std::vector<double> loss_history;      // objective before training and after every epoch
+  std::vector<double> loss_history;      // objective before training and after every epoch (of the
+                                         // averaged model in the epochs that average)
   std::vector<double> epoch_seconds;     // training time of every epoch (the loss evaluation excluded)
   std::vector<int64_t> bytes_read;       // bytes of samples, labels and refetched rows read per epoch
   std::vector<double> refetch_fraction;  // per epoch, the fraction of samples refetched

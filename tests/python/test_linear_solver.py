@@ -297,6 +297,20 @@ def test_fresh_samples_equal_one_stored_copy_per_epoch(threads):
     assert not np.array_equal(one["w"], stored["w"])
 
 
+def test_averaging_returns_the_mean_of_the_iterates():
+    X, y = problem(rows=40, cols=30)
+    common = dict(sampling="double", bits=4, batch_size=40, copies=2, seed=3, step_size=0.1)  # one step per epoch
+    w1 = fit(X, y, epochs=1, **common)
+    w2 = fit(X, y, epochs=2, **common)
+    avg = fit(X, y, epochs=2, average=0, **common)
+    np.testing.assert_allclose(avg["w"], (w1["w"] + w2["w"]) / 2, rtol=1e-6, atol=1e-7)
+    assert avg["w0"] == pytest.approx((w1["w0"] + w2["w0"]) / 2)
+    t = trainer(X, y, epochs=2, average=0, **common)
+    assert avg["loss_history"][-1] == pytest.approx(t.objective(avg["w"], avg["w0"]), rel=1e-6)
+    last = fit(X, y, epochs=2, average=1, **common)  # averaging one iterate is the iterate
+    np.testing.assert_array_equal(last["w"], w2["w"])
+
+
 def test_loss_history_and_bytes():
     A, b = synthetic(rows=300, cols=50)
     r = fit(A, b, sampling="double", bits=4, epochs=3, copies=2)
@@ -358,6 +372,7 @@ def test_mean_label_starts_the_intercept_and_coef_maps_back():
     (dict(levels="log"), "levels must be 'uniform' or 'optimal'"),
     (dict(epochs=-1), "epochs must be >= 0"),
     (dict(threads=-2), "threads must be >= 0"),
+    (dict(average=-2), "average must be None"),
     (dict(flavour=1), "unknown option 'flavour'"),
 ])
 def test_bad_options_name_the_argument(options, message):

@@ -64,6 +64,7 @@ def _parser():
     t.add_argument("--engine", choices=["auto", "float", "integer"], default="auto")
     t.add_argument("--degree", type=int, default=7, help="logistic: Chebyshev degree")
     t.add_argument("--chebyshev-range", type=float, default=6.0)
+    t.add_argument("--average", type=int, default=None, help="average the iterates from this epoch on")
     t.add_argument("--no-scale", action="store_true", help="the data are already in [-1, 1]")
     t.add_argument("--test", help="also evaluate on this file")
     t.add_argument("--out", help="where to save the model (JSON)")
@@ -93,7 +94,7 @@ def _train(args):
                   grad_bits=args.grad_bits, epochs=args.epochs, step_size=args.step_size,
                   batch_size=args.batch_size, schedule=args.schedule, decay=args.decay, l2=args.l2,
                   copies=args.copies, seed=args.seed, n_jobs=args.threads, engine=args.engine,
-                  scale=not args.no_scale)
+                  scale=not args.no_scale, average=args.average)
     if args.model == "logistic":
         params.update(degree=args.degree, chebyshev_range=args.chebyshev_range)
     if args.model == "svm":
