@@ -473,7 +473,9 @@ Trainer::Trainer(const float* x, const float* y, int64_t rows, int64_t cols, con
   m.rows = rows;
   m.cols = cols;
   m.cols64 = round_up(cols, 64);
-  m.chunk = std::max<int64_t>(256, round_up((cols + 63) / 64, 64));
+  // At most 64 chunks of at least 64 features (a multiple of 64): enough for 16+ threads on 1024
+  // features, and few enough partial sums per row. Chunks depend on cols only, never on threads.
+  m.chunk = std::max<int64_t>(64, round_up((cols + 63) / 64, 64));
   m.chunks = (cols + m.chunk - 1) / m.chunk;
   const int hw = hardware_threads();
   m.threads = static_cast<int>(std::min<int64_t>(o.threads == 0 ? hw : o.threads, m.chunks));

@@ -24,8 +24,8 @@ namespace zipml::linear {
 // Hardware threads available to this process.
 inline int hardware_threads() { return std::max(1u, std::thread::hardware_concurrency()); }
 
-// A reusable barrier: waiters spin briefly (a mini-batch step is microseconds), then sleep, so an
-// oversubscribed machine does not burn a core per waiting thread.
+// A reusable barrier: waiters spin briefly (a mini-batch step is microseconds), then yield, then
+// sleep, so an oversubscribed machine does not burn a core per waiting thread.
 class Barrier {
  public:
   explicit Barrier(int count) : count_(count) {}
@@ -41,9 +41,15 @@ class Barrier {
       wake_.notify_all();
       return;
     }
-    for (int spin = 0; spin < 20000; ++spin) {
+    // Spin (a step on a quiet machine takes microseconds), then yield the core (on a busy one the
+    // thread we wait for may need it), then sleep.
+    for (int spin = 0; spin < 4000; ++spin) {
       if (generation_.load(std::memory_order_acquire) != generation) return;
       ZIPML_LINEAR_PAUSE();
+    }
+    for (int turn = 0; turn < 1000; ++turn) {
+      if (generation_.load(std::memory_order_acquire) != generation) return;
+      std::this_thread::yield();
     }
     std::unique_lock<std::mutex> lock(mutex_);
     wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != generation; });

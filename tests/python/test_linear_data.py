@@ -129,5 +129,7 @@ def test_synthetic_regression_is_seeded():
     np.testing.assert_array_equal(A, A2)
     np.testing.assert_array_equal(b, b2)
     assert np.count_nonzero(x) >= 1
-    As, _, _ = data.synthetic_regression(50, 10, seed=3, skew=True)
+    As, _, _ = data.synthetic_regression(50, 10, seed=3, distribution="lognormal")
     assert (As > 0).all()
+    with pytest.raises(ValueError, match="distribution must be one of"):
+        data.synthetic_regression(5, 2, distribution="cauchy")

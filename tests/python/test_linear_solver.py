@@ -99,7 +99,7 @@ CASES = [
 @pytest.mark.parametrize("loss,sampling,bits,extra", CASES)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_step_gradient_matches_reference(loss, sampling, bits, extra, threads):
-    X, y = problem(rows=48, cols=600, classify=loss != "least_squares")  # 3 chunks of features
+    X, y = problem(rows=48, cols=600, classify=loss != "least_squares")  # 10 chunks of 64 features
     options = dict(loss=loss, sampling=sampling, bits=bits, copies=2, seed=17, batch_size=16, threads=threads,
                    engine="float", **extra)
     t = trainer(X, y, **options)

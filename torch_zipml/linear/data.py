@@ -91,16 +91,28 @@ def fashion_mnist_pair(classes: Sequence[int] = (0, 6), split: str = "train",
     return X, y
 
 
+_FEATURES = {
+    "normal": lambda rng, shape: rng.standard_normal(shape),
+    "laplace": lambda rng, shape: rng.laplace(size=shape),
+    "exponential": lambda rng, shape: rng.exponential(size=shape),
+    "lognormal": lambda rng, shape: rng.lognormal(sigma=1.0, size=shape),
+    "student_t": lambda rng, shape: rng.standard_t(3.0, size=shape),
+    "signed_lognormal": lambda rng, shape: rng.choice([-1.0, 1.0], size=shape) * rng.lognormal(sigma=1.0, size=shape),
+}
+
+
 def synthetic_regression(rows: int, features: int, *, noise: float = 1.0, sparsity: float = 0.1,
-                         skew: bool = False, seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                         distribution: str = "normal", seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Regression with a planted model, like the paper's Synthetic sets (Section 8.1): features
-    N(0, 1) (or, with skew, log-normal: most values near the minimum and a long tail, where
-    variance-optimal levels pay), a true model with a `sparsity` fraction of N(0, 1) non-zeros (at
-    least one), labels A x + N(0, noise^2). Returns (A float32, b float32, x float64)."""
+    N(0, 1), or from a heavy-tailed or skewed distribution ("laplace", "student_t" with 3 degrees of
+    freedom, "signed_lognormal" (a random sign times a log-normal), "exponential", "lognormal":
+    after min-max scaling most values crowd in a small part of the range, where variance-optimal
+    levels pay), a true model with a `sparsity` fraction of N(0, 1) non-zeros (at least one), labels
+    A x + N(0, noise^2). Returns (A float32, b float32, x float64)."""
+    if distribution not in _FEATURES:
+        raise ValueError(f"distribution must be one of {', '.join(_FEATURES)}, got {distribution!r}")
     rng = np.random.default_rng(seed)
-    A = rng.standard_normal((rows, features))
-    if skew:
-        A = np.exp(1.5 * A)
+    A = _FEATURES[distribution](rng, (rows, features))
     x = np.where(rng.random(features) < sparsity, rng.standard_normal(features), 0.0)
     if not x.any():
         x[rng.integers(features)] = rng.standard_normal()

@@ -106,13 +106,38 @@ def naive_bias_solution(U: np.ndarray, y: np.ndarray, levels: np.ndarray, l2: fl
     (A'A + sum_k D_k + K l2 I) w = A' y on the features with an unpenalised intercept column.
     levels: cols x L sorted levels of each feature (the store's). Returns (w, w0)."""
     U = np.asarray(U, dtype=np.float64)
-    rows, cols = U.shape
-    D = np.zeros(cols)
-    for c in range(cols):
+    return ridge_with_intercept(U, y, rounding_variances(U, levels).sum(0) + U.shape[0] * l2)
+
+
+def rounding_variances(U: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """D: the stochastic-rounding variance (L_j+1 - u)(u - L_j) of every value (rows x cols)."""
+    U = np.asarray(U, dtype=np.float64)
+    D = np.empty_like(U)
+    for c in range(U.shape[1]):
         L = np.asarray(levels[c], dtype=np.float64)
         j = np.clip(np.searchsorted(L, U[:, c], side="right") - 1, 0, len(L) - 2)
-        D[c] = ((L[j + 1] - U[:, c]) * (U[:, c] - L[j])).sum()
-    return ridge_with_intercept(U, y, D + rows * l2)
+        D[:, c] = (L[j + 1] - U[:, c]) * (U[:, c] - L[j])
+    return D
+
+
+def double_sampling_excess(U: np.ndarray, y: np.ndarray, levels: np.ndarray, samples_averaged: int) -> float:
+    """The excess loss that the quantization noise of double sampling leaves in averaged SGD after
+    `samples_averaged` samples, tr(H^-1 S) / (2N) (Polyak and Juditsky), where S is the covariance
+    that Section 4.2 gives for one sample at the optimum x (residual r, rounding variances D):
+    S = (r^2 + x'Dx) D + (x'Dx) a a'. Fresh samples make this noise independent across epochs, so it
+    does not cancel over an epoch the way the sampling of rows does."""
+    U = np.asarray(U, dtype=np.float64)
+    rows, cols = U.shape
+    w, w0 = ridge_with_intercept(U, y, 0.0)
+    r = U @ w + w0 - np.asarray(y, dtype=np.float64)
+    D = rounding_variances(U, levels)
+    Ua = np.hstack([U, np.ones((rows, 1))])
+    Hinv = np.linalg.inv(Ua.T @ Ua / rows)
+    xdx = D @ (w * w)
+    tr_hd = D @ np.diag(Hinv)[:cols]
+    aha = np.einsum("ij,ij->i", Ua @ Hinv, Ua)
+    trace = np.mean((r * r + xdx) * tr_hd + xdx * aha)
+    return float(trace / (2.0 * samples_averaged))
 
 
 def ridge_with_intercept(U: np.ndarray, y: np.ndarray, penalty) -> tuple:
