@@ -82,7 +82,7 @@ Engine parse_engine(const std::string& name) {
   throw InputError("engine must be one of auto, float, integer, got '" + name + "'");
 }
 
-double step_at(const Options& o, int epoch) {
+double step_at(const Options& o, double epoch) {
   switch (o.schedule) {
     case Schedule::Constant: return o.step_size;
     case Schedule::Inverse: return o.step_size / (1.0 + o.decay * epoch);
@@ -603,7 +603,6 @@ Result Trainer::fit() {
     if (o.record_loss) record(false);
     uint64_t step_id = 0;
     for (int epoch = 0; epoch < o.epochs; ++epoch) {
-      const double gamma = step_at(o, epoch);
       const int copy = m.store && !m.fresh ? epoch % m.store->copies() : 0;
       if (m.fresh && (epoch > 0 || start_realisation != 0)) {  // every thread redraws its share of the rows
         R.barrier.wait();
@@ -618,6 +617,7 @@ Result Trainer::fit() {
       const bool averaging = o.average_from >= 0 && epoch >= o.average_from;
       for (int64_t b = 0; b < nbatches; ++b, ++step_id) {
         const int64_t r0 = R.batch_order[b] * o.batch_size, r1 = std::min(m.rows, r0 + o.batch_size);
+        const double gamma = step_at(o, epoch + static_cast<double>(b) / static_cast<double>(nbatches));
         step(R, W, r0, r1, copy, step_id, gamma, true, static_cast<int>(step_id & 1));
         if (averaging) {  // Polyak-Ruppert: the mean of the iterates since epoch average_from
           const float f = 1.0f / static_cast<float>(++W.averaged);

@@ -49,7 +49,7 @@ struct Options {
   int epochs = 10;
   int64_t batch_size = 16;
   double step_size = 0.1;
-  Schedule schedule = Schedule::Constant;  // step of epoch e: see step_at
+  Schedule schedule = Schedule::Constant;  // step at training time t (in epochs): see step_at
   double decay = 0.0;
   double l2 = 0.0;               // objective: mean loss + l2 / 2 * |w|^2 (the intercept is not penalised)
   int copies = 1;                // independent quantized copies, one per epoch in turn; 0: fresh
@@ -67,9 +67,10 @@ struct Options {
                                  // from this epoch on (Polyak-Ruppert averaging); -1: the last iterate
 };
 
-// The step size of epoch e (0-based): constant gamma; inverse gamma / (1 + decay e); inverse_sqrt
-// gamma / sqrt(1 + decay e); exponential gamma * decay^e.
-double step_at(const Options& o, int epoch);
+// The step size after t epochs of training (t = e + b / batches at batch b of epoch e, so the step
+// decays smoothly within an epoch too): constant gamma; inverse gamma / (1 + decay t); inverse_sqrt
+// gamma / sqrt(1 + decay t); exponential gamma * decay^t.
+double step_at(const Options& o, double epoch);
 
 struct Result {
   std::vector<float> w;   // model on the scaled features

@@ -297,6 +297,16 @@ def test_fresh_samples_equal_one_stored_copy_per_epoch(threads):
     assert not np.array_equal(one["w"], stored["w"])
 
 
+@pytest.mark.parametrize("engine", ["float", "integer"])
+def test_per_sample_sgd(engine):
+    A, b = synthetic(rows=400, cols=8, seed=2)
+    common = dict(epochs=10, step_size=0.05, batch_size=1, schedule="inverse", decay=0.5, seed=1, average=5)
+    fp32 = fit(A, b, sampling="fp32", **common)["loss_history"][-1]
+    r = fit(A, b, sampling="double", bits=8, model_bits=8, engine=engine, copies=0, **common)
+    assert r["engine"] == engine
+    assert r["loss_history"][-1] < 1.02 * fp32
+
+
 def test_averaging_returns_the_mean_of_the_iterates():
     X, y = problem(rows=40, cols=30)
     common = dict(sampling="double", bits=4, batch_size=40, copies=2, seed=3, step_size=0.1)  # one step per epoch

@@ -63,8 +63,9 @@ class _ZipMLLinear:
             of each feature, Section 5).
         model_bits, grad_bits: None for full precision, else 2 to 16: the model as read for the dot
             products and the gradient sent to the update are quantized stochastically (Section 4.6).
-        epochs, step_size, batch_size: SGD; schedule "constant", "inverse" (step / (1 + decay e)),
-            "inverse_sqrt" or "exponential" (step * decay**e), e the epoch.
+        epochs, step_size, batch_size: SGD; schedule "constant", "inverse" (step / (1 + decay t)),
+            "inverse_sqrt" or "exponential" (step * decay**t), t the training time in epochs (it
+            grows within an epoch, batch by batch).
         l2: L2 penalty, objective = mean loss + l2 / 2 |w|^2 (intercept not penalised).
         copies: independent quantized copies of the data stored, one per epoch in turn; 1 keeps
             one fixed realisation; 0 draws fresh samples for every epoch (one copy, redrawn between
