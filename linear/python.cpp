@@ -87,7 +87,7 @@ Options options_from(const py::dict& kw) {
     else if (key == "degree") o.degree = static_cast<int>(as_int());
     else if (key == "chebyshev_range") o.chebyshev_range = v.cast<double>();
     else if (key == "record_loss") o.record_loss = v.cast<bool>();
-    else if (key == "average") o.average_from = v.is_none() ? -1 : static_cast<int>(v.cast<int64_t>());
+    else if (key == "average") o.average_from = v.is_none() ? -1.0 : v.cast<double>();
     else throw InputError("unknown option '" + key + "'");
   }
   return o;

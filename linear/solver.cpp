@@ -466,9 +466,9 @@ Trainer::Trainer(const float* x, const float* y, int64_t rows, int64_t cols, con
                                      std::to_string(o.copies));
   if (o.threads < 0) throw InputError("threads must be >= 0 (0: all), got " + std::to_string(o.threads));
   if (o.candidates < 2) throw InputError("candidates must be >= 2, got " + std::to_string(o.candidates));
-  if (o.average_from < -1)
-    throw InputError("average must be None (-1) or the epoch from which iterates are averaged, got " +
-                     std::to_string(o.average_from));
+  if (!(o.average_from >= 0.0 || o.average_from == -1.0))
+    throw InputError("average must be None (-1) or the training time (in epochs, >= 0) from which iterates are "
+                     "averaged, got " + std::to_string(o.average_from));
 
   m.rows = rows;
   m.cols = cols;
@@ -589,6 +589,7 @@ Result Trainer::fit() {
   Result res;
   const int64_t sample_bytes = m.store ? m.store->bytes_per_copy() : m.rows * m.cols * 4;
   double final_w0 = 0.0;
+  bool averaged = false;  // some step was averaged: the result is the average
   const int64_t start_realisation = m.realisation;
   run_team(m.threads, [&](int tid) {
     Work W(m, tid, m.threads);
@@ -614,12 +615,11 @@ Result Trainer::fit() {
       }
       R.barrier.wait();
       const auto start = std::chrono::steady_clock::now();
-      const bool averaging = o.average_from >= 0 && epoch >= o.average_from;
       for (int64_t b = 0; b < nbatches; ++b, ++step_id) {
         const int64_t r0 = R.batch_order[b] * o.batch_size, r1 = std::min(m.rows, r0 + o.batch_size);
-        const double gamma = step_at(o, epoch + static_cast<double>(b) / static_cast<double>(nbatches));
-        step(R, W, r0, r1, copy, step_id, gamma, true, static_cast<int>(step_id & 1));
-        if (averaging) {  // Polyak-Ruppert: the mean of the iterates since epoch average_from
+        const double time = epoch + static_cast<double>(b) / static_cast<double>(nbatches);  // in epochs
+        step(R, W, r0, r1, copy, step_id, step_at(o, time), true, static_cast<int>(step_id & 1));
+        if (o.average_from >= 0 && time >= o.average_from) {  // Polyak-Ruppert: the mean of the iterates
           const float f = 1.0f / static_cast<float>(++W.averaged);
           for (int64_t j = W.c0; j < W.c1; ++j) R.avg[j] += (R.w[j] - R.avg[j]) * f;
           W.w0_avg += (W.w0 - W.w0_avg) / static_cast<double>(W.averaged);
@@ -631,12 +631,14 @@ Result Trainer::fit() {
         res.bytes_read.push_back(sample_bytes + m.rows * 4 + R.refetched * m.cols * 4);
         res.refetch_fraction.push_back(static_cast<double>(R.refetched) / static_cast<double>(m.rows));
       }
-      if (o.record_loss) record(averaging);
+      if (o.record_loss) record(W.averaged > 0);
     }
-    if (tid == 0) final_w0 = W.averaged > 0 ? W.w0_avg : W.w0;
+    if (tid == 0) {
+      final_w0 = W.averaged > 0 ? W.w0_avg : W.w0;
+      averaged = W.averaged > 0;
+    }
   });
   if (m.fresh && o.epochs > 0) impl_->realisation = o.epochs - 1;
-  const bool averaged = o.average_from >= 0 && o.average_from < o.epochs;
   res.w.assign((averaged ? R.avg : R.w).begin(), (averaged ? R.avg : R.w).begin() + m.cols);
   res.w0 = final_w0;
   std::tie(res.coef, res.intercept) = unscale(m.scaling, res.w, res.w0);

@@ -63,8 +63,9 @@ struct Options {
   int degree = 7;                // Chebyshev degree (logistic, double sampling)
   double chebyshev_range = 6.0;  // the polynomial approximates l' on [-range, range]
   bool record_loss = true;       // evaluate the objective after every epoch
-  int average_from = -1;         // >= 0: return (and record) the mean of the iterates of the steps
-                                 // from this epoch on (Polyak-Ruppert averaging); -1: the last iterate
+  double average_from = -1;      // >= 0: return (and record) the mean of the iterates of the steps
+                                 // from this training time on (in epochs, fractions allowed; Polyak-
+                                 // Ruppert averaging); -1: the last iterate
 };
 
 // The step size after t epochs of training (t = e + b / batches at batch b of epoch e, so the step

@@ -319,6 +319,8 @@ def test_averaging_returns_the_mean_of_the_iterates():
     assert avg["loss_history"][-1] == pytest.approx(t.objective(avg["w"], avg["w0"]), rel=1e-6)
     last = fit(X, y, epochs=2, average=1, **common)  # averaging one iterate is the iterate
     np.testing.assert_array_equal(last["w"], w2["w"])
+    late = fit(X, y, epochs=2, average=1.5, **common)  # no step after 1.5 epochs (one step per epoch)
+    np.testing.assert_array_equal(late["w"], w2["w"])
 
 
 def test_loss_history_and_bytes():
