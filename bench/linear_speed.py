@@ -136,32 +136,37 @@ def plot(data, path):
     import matplotlib.pyplot as plt
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
     target = data["target_loss"]
-    for name, run in data["runs"].items():
-        if "@" in name:
-            continue
-        t = np.concatenate([[0.0], np.cumsum(run["epoch_seconds"])])
-        ax.plot(t, np.asarray(run["loss_history"]) / target, "o-", ms=3, label=name)
+    settings = ["" if i == 0 else f"@{t or 'all'}t" for i, t in enumerate(data["threads"])]
+    configs = ["fp32", "double8", "double4", "double2", "double1"]
+    # Left: each configuration at its fastest thread setting, loss after each epoch against time.
+    for config in configs + ["sklearn_SGDRegressor"]:
+        names = [config + s for s in settings] if config != "sklearn_SGDRegressor" else [config]
+        name = min(names, key=lambda n: data["runs"][n]["median_epoch_seconds"])
+        run = data["runs"][name]
+        threads = run.get("threads", 1)
+        t = np.cumsum(run["epoch_seconds"])
+        ax.plot(t, np.asarray(run["loss_history"][1:]) / target, "o-", ms=3,
+                label=f"{config} ({threads or 'all'} thread{'s' if threads != 1 else ''})")
     ax.axhline(1.0, color="gray", ls=":", label="fp32 + 1%")
-    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("training seconds")
+    ax.set_xlabel("training seconds (end of each epoch)")
     ax.set_ylabel("loss / (fp32 loss + 1%)")
     ax.legend(fontsize=7)
     ax.set_title(f"{data['rows']} x {data['features']} ({data['gib']:.2f} GiB fp32), {data['machine']['cores']} cores",
                  fontsize=9)
-    names = [n for n in data["runs"] if "@" not in n and n != "sklearn_SGDRegressor"]
-    width = 0.8 / len(data["threads"])
-    base = data["runs"]["fp32"]["median_epoch_seconds"]
-    for i, threads in enumerate(data["threads"]):
-        suffix = "" if i == 0 else f"@{threads or 'all'}t"
-        speed = [base / data["runs"][n + suffix]["median_epoch_seconds"] for n in names]
-        x = np.arange(len(names)) + (i - (len(data["threads"]) - 1) / 2) * width
+    # Right: epoch speed-up over fp32 at the same thread setting.
+    width = 0.8 / len(settings)
+    for i, (threads, suffix) in enumerate(zip(data["threads"], settings)):
+        base = data["runs"]["fp32" + suffix]["median_epoch_seconds"]
+        speed = [base / data["runs"][c + suffix]["median_epoch_seconds"] for c in configs]
+        x = np.arange(len(configs)) + (i - (len(settings) - 1) / 2) * width
         bx.bar(x, speed, width, label=f"{threads or 'all'} thread(s)")
         for xi, v in zip(x, speed):
             bx.text(xi, v, f"{v:.1f}x", ha="center", va="bottom", fontsize=7)
-    bx.set_xticks(np.arange(len(names)))
-    bx.set_xticklabels(names)
-    bx.set_ylabel(f"epoch speed-up over fp32 on {data['threads'][0] or 'all'} thread(s)")
+    bx.set_xticks(np.arange(len(configs)))
+    bx.set_xticklabels(configs)
+    bx.set_ylabel("epoch speed-up over fp32 (same threads)")
     bx.set_title("median epoch time", fontsize=9)
     bx.legend(fontsize=7)
     fig.tight_layout()

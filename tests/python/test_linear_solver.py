@@ -393,6 +393,14 @@ def test_bad_options_name_the_argument(options, message):
         trainer(X, y, **options)
 
 
+def test_seed_range():
+    X, y = problem(rows=10, cols=4)
+    trainer(X, y, seed=2**64 - 1)
+    for seed in (-1, 2**64):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
+            trainer(X, y, seed=seed)
+
+
 def test_bad_data_names_the_argument():
     X, y = problem(rows=10, cols=4)
     bad = X.copy()
