@@ -1,6 +1,7 @@
 // IDX (Fashion-MNIST) and CIFAR-10/100 binary readers: the C++ twins of the readers of
 // torch_zipml/data.py, with the same checks and messages (file and record named).
 #include <ATen/CPUGeneratorImpl.h>
+#include <sys/stat.h>
 #include <zipml/data.h>
 #include <zlib.h>
 
@@ -11,7 +12,6 @@
 #include <iterator>
 #include <mutex>
 #include <sstream>
-#include <sys/stat.h>
 
 namespace zipml {
 namespace data {
@@ -23,9 +23,9 @@ namespace {
 constexpr int64_t kCifarPixels = 3 * 32 * 32;
 
 const std::vector<std::string> kFashionMnistClasses = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                                       "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"};
-const std::vector<std::string> kCifar10Classes = {"airplane", "automobile", "bird", "cat", "deer",
-                                                  "dog", "frog", "horse", "ship", "truck"};
+                                                       "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+const std::vector<std::string> kCifar10Classes = {"airplane", "automobile", "bird",  "cat",  "deer",
+                                                  "dog",      "frog",       "horse", "ship", "truck"};
 
 template <class... Parts>
 std::string cat(const Parts&... parts) {
@@ -86,7 +86,8 @@ std::string join(const std::string& dir, const std::string& sub, const std::stri
   return p;
 }
 
-std::string find(const std::string& dir, const std::vector<std::string>& names, const std::vector<std::string>& subdirs) {
+std::string find(const std::string& dir, const std::vector<std::string>& names,
+                 const std::vector<std::string>& subdirs) {
   for (const auto& sub : subdirs)
     for (const auto& name : names)
       if (is_file(join(dir, sub, name))) return join(dir, sub, name);
@@ -137,7 +138,8 @@ at::Tensor read_idx(const std::string& path) {
                         " the header declares is incomplete (", have, " data bytes, ", need, " needed)"));
   }
   if (have > need)
-    throw DataError(cat(path, ": corrupt: ", have - need, " bytes after the ", dims[0], " records the header declares"));
+    throw DataError(
+        cat(path, ": corrupt: ", have - need, " bytes after the ", dims[0], " records the header declares"));
   return to_tensor(data.data() + header, static_cast<int64_t>(need), dims);
 }
 
@@ -158,9 +160,10 @@ std::pair<at::Tensor, at::Tensor> read_cifar(const std::string& path, int64_t la
     const at::Tensor bad = (labels.select(1, static_cast<int64_t>(k)) >= num_labels[k]).nonzero();
     if (bad.size(0)) {
       const int64_t i = bad[0][0].item<int64_t>();
-      throw DataError(cat(path, ": corrupt: record ", i, " has label byte ", k, " = ", labels[i][k].item<int64_t>(),
-                          ", outside 0..", num_labels[k] - 1,
-                          " (is this the right CIFAR variant? CIFAR-10 records have 1 label byte, CIFAR-100 records 2)"));
+      throw DataError(
+          cat(path, ": corrupt: record ", i, " has label byte ", k, " = ", labels[i][k].item<int64_t>(),
+              ", outside 0..", num_labels[k] - 1,
+              " (is this the right CIFAR variant? CIFAR-10 records have 1 label byte, CIFAR-100 records 2)"));
     }
   }
   return {records.slice(1, label_bytes).reshape({n, 3, 32, 32}).contiguous(), labels};
@@ -189,11 +192,12 @@ ImageDataset load_fashion_mnist(const std::string& data_dir_, const std::string&
     const std::string base = prefix + "-" + kinds[i] + "-ubyte";
     paths[i] = find(data_dir, {base + ".gz", base}, {"", "fashion-mnist"});
     if (paths[i].empty())
-      throw DataNotFoundError(cat(
-          "Fashion-MNIST not found: no ", base, ".gz or ", base, " in '", data_dir,
-          "'. Install it with 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu; the files go to ",
-          kFashionMnistDir, "), or point --data-dir at a directory holding the four IDX files "
-          "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-...)."));
+      throw DataNotFoundError(
+          cat("Fashion-MNIST not found: no ", base, ".gz or ", base, " in '", data_dir,
+              "'. Install it with 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu; the files go to ",
+              kFashionMnistDir,
+              "), or point --data-dir at a directory holding the four IDX files "
+              "(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-...)."));
   }
   at::Tensor images = read_idx(paths[0]), labels = read_idx(paths[1]);
   if (images.dim() != 3 || images.size(1) != 28 || images.size(2) != 28)
@@ -201,12 +205,13 @@ ImageDataset load_fashion_mnist(const std::string& data_dir_, const std::string&
   if (labels.dim() != 1)
     throw DataError(cat(paths[1], ": expected 1 dimension of labels, the header says ", labels.sizes()));
   if (labels.size(0) != images.size(0))
-    throw DataError(cat(paths[1], " has ", labels.size(0), " labels but ", paths[0], " has ", images.size(0), " images"));
+    throw DataError(
+        cat(paths[1], " has ", labels.size(0), " labels but ", paths[0], " has ", images.size(0), " images"));
   const at::Tensor bad = (labels >= 10).nonzero();
   if (bad.size(0)) {
     const int64_t i = bad[0][0].item<int64_t>();
-    throw DataError(cat(paths[1], ": corrupt: record ", i, " has label ", int64_t{labels[i].item<uint8_t>()},
-                        ", outside 0..9"));
+    throw DataError(
+        cat(paths[1], ": corrupt: record ", i, " has label ", int64_t{labels[i].item<uint8_t>()}, ", outside 0..9"));
   }
   images = at::constant_pad_nd(images.unsqueeze(1), {2, 2, 2, 2}, 0).contiguous();
   return {"fashion-mnist", split, images, labels.to(at::kLong), 10, kFashionMnistClasses};
@@ -218,7 +223,8 @@ std::vector<std::string> cifar_files(const std::string& data_dir, const std::vec
                                      const std::string& subdir, const std::string& title, const std::string& archive) {
   const std::string how = cat("Download the binary version (", archive,
                               ") from https://www.cs.toronto.edu/~kriz/cifar.html, extract it, and ");
-  if (data_dir.empty()) throw DataNotFoundError(cat(title, ": no --data-dir given. ", how, "pass --data-dir pointing at it."));
+  if (data_dir.empty())
+    throw DataNotFoundError(cat(title, ": no --data-dir given. ", how, "pass --data-dir pointing at it."));
   std::vector<std::string> paths;
   for (const auto& name : names) {
     const std::string path = find(data_dir, {name}, {"", subdir});

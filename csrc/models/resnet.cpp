@@ -31,7 +31,8 @@ at::Tensor BasicBlockImpl::forward(const at::Tensor& x) {
   return at::relu(out + shortcut(x));
 }
 
-ResNetCifarImpl::ResNetCifarImpl(int64_t depth_, int64_t num_classes, int64_t in_channels, const nn::QuantConfig& config)
+ResNetCifarImpl::ResNetCifarImpl(int64_t depth_, int64_t num_classes, int64_t in_channels,
+                                 const nn::QuantConfig& config)
     : depth(depth_) {
   TORCH_CHECK_VALUE(depth >= 8 && (depth - 2) % 6 == 0,
                     "depth must be 6n + 2 with n >= 1 (20, 32, 44, 56, 110, ...), got ", depth);
@@ -78,7 +79,8 @@ at::Tensor ResNetCifarImpl::forward(const at::Tensor& x) {
   return fc.forward(y);
 }
 
-ResNetCifar make_model(const std::string& name, int64_t num_classes, int64_t in_channels, const nn::QuantConfig& config) {
+ResNetCifar make_model(const std::string& name, int64_t num_classes, int64_t in_channels,
+                       const nn::QuantConfig& config) {
   for (int64_t depth : {20, 32, 56})
     if (name == "resnet" + std::to_string(depth)) return ResNetCifar(depth, num_classes, in_channels, config);
   TORCH_CHECK_VALUE(false, "model must be one of 'resnet20', 'resnet32', 'resnet56', got '", name, "'");

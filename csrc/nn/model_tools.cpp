@@ -33,8 +33,8 @@ QuantConfig QuantConfig::resolve(const std::string& name, int64_t index, int64_t
   layer.overrides.clear();
   if (skip_first_last && (index == 0 || index == count - 1)) layer.scheme = Scheme::FP32;
   for (const Override& o : overrides)
-    if (fnmatch(o.pattern.c_str(), name.c_str(), 0) == 0) o.change(layer);
-  layer.overrides.clear();  // a change may not add overrides to a single layer
+    if (fnmatch(o.pattern.c_str(), name.c_str(), 0) == 0) o.change(layer);  // fnmatchcase: '*' also matches '.'
+  layer.overrides.clear();  // in case a change added some: a layer's config has none
   return layer;
 }
 
@@ -48,8 +48,7 @@ QuantConfig LayerFactory::resolve_next(const std::string& name) {
   return config_.resolve(name, next_, count_);
 }
 
-void LayerFactory::adopt(const std::string& name, const QuantConfig& layer, ZipQuantized* zip) {
-  (void)name;
+void LayerFactory::adopt(const QuantConfig& layer, ZipQuantized* zip) {
   if (zip != nullptr) {
     if (layer.zipml.seed())
       zip->seed = *layer.zipml.seed() + static_cast<uint64_t>(next_);  // mod 2^64
@@ -59,64 +58,44 @@ void LayerFactory::adopt(const std::string& name, const QuantConfig& layer, ZipQ
   ++next_;
 }
 
-torch::nn::AnyModule LayerFactory::conv2d(const std::string& name, const torch::nn::Conv2dOptions& options) {
-  const QuantConfig layer = resolve_next(name);
+namespace {
+
+// The layer the resolved config names; a ZipML layer gets a placeholder seed (the factory seeds it:
+// construction must not draw one).
+template <class Plain, class Bwn, class Xnor, class Zip, class Options>
+std::pair<torch::nn::AnyModule, ZipQuantized*> make_layer(const std::string& name, const Options& options,
+                                                          const QuantConfig& layer) {
   try {
     switch (layer.scheme) {
-      case Scheme::FP32: {
-        adopt(name, layer, nullptr);
-        return torch::nn::AnyModule(torch::nn::Conv2d(options));
-      }
-      case Scheme::BWN: {
-        adopt(name, layer, nullptr);
-        return torch::nn::AnyModule(BWNConv2d(options, layer.clip));
-      }
-      case Scheme::XNOR: {
-        XNORConv2d m(options, layer.clip);
-        adopt(name, layer, nullptr);
-        return torch::nn::AnyModule(m);
-      }
+      case Scheme::FP32: return {torch::nn::AnyModule(Plain(options)), nullptr};
+      case Scheme::BWN: return {torch::nn::AnyModule(Bwn(options, layer.clip)), nullptr};
+      case Scheme::XNOR: return {torch::nn::AnyModule(Xnor(options, layer.clip)), nullptr};
       case Scheme::ZipML: {
-        // Seeded here (explicit seed) or in finish(): construction must not draw a seed.
-        ZipConv2d m(options, ZipOptions(layer.zipml).seed(0));
-        adopt(name, layer, m.get());
-        return torch::nn::AnyModule(m);
+        Zip zip(options, ZipOptions(layer.zipml).seed(0));
+        return {torch::nn::AnyModule(zip), zip.get()};
       }
     }
   } catch (const c10::ValueError& e) {
     TORCH_CHECK_VALUE(false, "layer '", name, "' cannot take scheme '", scheme_name(layer.scheme),
                       "': ", e.what_without_backtrace(), " (keep it in another scheme with an override)");
   }
-  TORCH_CHECK(false, "unreachable");
+  TORCH_CHECK(false, "unknown scheme");
+}
+
+}  // namespace
+
+torch::nn::AnyModule LayerFactory::conv2d(const std::string& name, const torch::nn::Conv2dOptions& options) {
+  const QuantConfig layer = resolve_next(name);
+  auto [module, zip] = make_layer<torch::nn::Conv2d, BWNConv2d, XNORConv2d, ZipConv2d>(name, options, layer);
+  adopt(layer, zip);
+  return module;
 }
 
 torch::nn::AnyModule LayerFactory::linear(const std::string& name, const torch::nn::LinearOptions& options) {
   const QuantConfig layer = resolve_next(name);
-  try {
-    switch (layer.scheme) {
-      case Scheme::FP32: {
-        adopt(name, layer, nullptr);
-        return torch::nn::AnyModule(torch::nn::Linear(options));
-      }
-      case Scheme::BWN: {
-        adopt(name, layer, nullptr);
-        return torch::nn::AnyModule(BWNLinear(options, layer.clip));
-      }
-      case Scheme::XNOR: {
-        adopt(name, layer, nullptr);
-        return torch::nn::AnyModule(XNORLinear(options, layer.clip));
-      }
-      case Scheme::ZipML: {
-        ZipLinear m(options, ZipOptions(layer.zipml).seed(0));
-        adopt(name, layer, m.get());
-        return torch::nn::AnyModule(m);
-      }
-    }
-  } catch (const c10::ValueError& e) {
-    TORCH_CHECK_VALUE(false, "layer '", name, "' cannot take scheme '", scheme_name(layer.scheme),
-                      "': ", e.what_without_backtrace(), " (keep it in another scheme with an override)");
-  }
-  TORCH_CHECK(false, "unreachable");
+  auto [module, zip] = make_layer<torch::nn::Linear, BWNLinear, XNORLinear, ZipLinear>(name, options, layer);
+  adopt(layer, zip);
+  return module;
 }
 
 void LayerFactory::finish() {
@@ -161,7 +140,8 @@ std::vector<std::pair<std::string, Scheme>> layer_schemes(const torch::nn::Modul
 torch::OrderedDict<std::string, LayerRng> rng_state(const torch::nn::Module& model) {
   torch::OrderedDict<std::string, LayerRng> state;
   for (const auto& item : model.named_modules("", true))
-    if (auto* zip = dynamic_cast<const ZipQuantized*>(item.value().get())) state.insert(item.key(), {zip->seed, zip->step});
+    if (auto* zip = dynamic_cast<const ZipQuantized*>(item.value().get()))
+      state.insert(item.key(), {zip->seed, zip->step});
   return state;
 }
 
@@ -196,7 +176,8 @@ bool calibrate_norm(torch::nn::Module& m, std::vector<std::function<void()>>& re
                     std::vector<torch::nn::Module*>& norms) {
   auto* bn = dynamic_cast<Norm*>(&m);
   if (bn == nullptr || !bn->options.track_running_stats()) return bn != nullptr;
-  const at::Tensor mean = bn->running_mean.clone(), var = bn->running_var.clone(), count = bn->num_batches_tracked.clone();
+  const at::Tensor mean = bn->running_mean.clone(), var = bn->running_var.clone(),
+                   count = bn->num_batches_tracked.clone();
   const std::optional<double> momentum = bn->options.momentum();
   restore.push_back([bn, mean, var, count, momentum] {
     torch::NoGradGuard no_grad;
@@ -213,7 +194,8 @@ bool calibrate_norm(torch::nn::Module& m, std::vector<std::function<void()>>& re
 
 }  // namespace
 
-CalibratedBatchNorm::CalibratedBatchNorm(torch::nn::Module& model, const std::function<void(const at::Tensor&)>& forward,
+CalibratedBatchNorm::CalibratedBatchNorm(torch::nn::Module& model,
+                                         const std::function<void(const at::Tensor&)>& forward,
                                          const std::vector<at::Tensor>& batches) {
   torch::NoGradGuard no_grad;
   std::vector<torch::nn::Module*> norms;

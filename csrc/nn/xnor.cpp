@@ -76,10 +76,11 @@ void BWNLinearImpl::pretty_print(std::ostream& stream) const {
 
 XNORConv2dImpl::XNORConv2dImpl(torch::nn::Conv2dOptions conv, double clip)
     : LeafCloneable(std::move(conv)), clip(checked_clip(clip)) {
-  TORCH_CHECK_VALUE(options.groups() == 1,
-                    "XNORConv2d: groups must be 1 (K is a mean over all input channels), got ", options.groups());
+  TORCH_CHECK_VALUE(options.groups() == 1, "XNORConv2d: groups must be 1 (K is a mean over all input channels), got ",
+                    options.groups());
   TORCH_CHECK_VALUE(std::holds_alternative<torch::enumtype::kZeros>(options.padding_mode()),
-                    "XNORConv2d: padding_mode must be zeros, got ", torch::enumtype::get_enum_name(options.padding_mode()));
+                    "XNORConv2d: padding_mode must be zeros, got ",
+                    torch::enumtype::get_enum_name(options.padding_mode()));
   TORCH_CHECK_VALUE(std::holds_alternative<torch::ExpandingArray<2>>(options.padding()),
                     "XNORConv2d: padding must be given as numbers, got ",
                     std::holds_alternative<torch::enumtype::kValid>(options.padding()) ? "kValid" : "kSame");
@@ -90,8 +91,8 @@ at::Tensor XNORConv2dImpl::forward(const at::Tensor& x) {
   const auto padding = *std::get<torch::ExpandingArray<2>>(options.padding());
   const auto stride = *options.stride();
   const auto dilation = *options.dilation();
-  const at::Tensor box = at::full({1, 1, kernel[0], kernel[1]}, 1.0 / static_cast<double>(kernel[0] * kernel[1]),
-                                  x.options());
+  const at::Tensor box =
+      at::full({1, 1, kernel[0], kernel[1]}, 1.0 / static_cast<double>(kernel[0] * kernel[1]), x.options());
   const at::Tensor k = at::conv2d(x.abs().mean({1}, /*keepdim=*/true), box, {}, stride, padding, dilation);
   const at::Tensor y = at::conv2d(binarize(x, clip), binary_weight(weight, clip), {}, stride, padding, dilation) * k;
   return bias.defined() ? y + bias.view({1, -1, 1, 1}) : y;

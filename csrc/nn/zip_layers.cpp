@@ -33,7 +33,8 @@ ZipOptions validated(ZipOptions o) {
                       "codebook must be 1-D with 1 to 2**weight_bits = ", most, " levels, got shape ", c.sizes());
     o.codebook(c.detach().to(at::kFloat, /*non_blocking=*/false, /*copy=*/true));
   } else {
-    TORCH_CHECK_VALUE(!o.codebook().has_value(), "a codebook was given but weight_levels is Levels::", name(o.weight_levels()),
+    TORCH_CHECK_VALUE(!o.codebook().has_value(),
+                      "a codebook was given but weight_levels is Levels::", name(o.weight_levels()),
                       "; set weight_levels(Levels::Codebook) to use it");
   }
   return o;
@@ -94,7 +95,10 @@ std::pair<at::Tensor, at::Tensor> ZipQuantized::quantize_operands(const at::Tens
       .seed(seed)
       .offset(base + kStreamWeight)
       .candidates(quant_.candidates());
-  if (quant_.codebook()) o.codebook(quant_.codebook()->to(weight.device()));
+  if (quant_.codebook()) {
+    if (quant_.codebook()->device() != weight.device()) quant_.codebook(quant_.codebook()->to(weight.device()));
+    o.codebook(*quant_.codebook());  // follows the weight, wherever module.to() moved it
+  }
   return {input, fake_quantize(w, o)};
 }
 
@@ -109,12 +113,8 @@ at::Tensor ZipConv2dImpl::forward(const at::Tensor& x) {
 }
 
 void ZipConv2dImpl::pretty_print(std::ostream& stream) const {
-  stream << "zipml::nn::ZipConv2d(" << detail::base_arguments<torch::nn::Conv2dImpl>(*this) << ", " << quant_ << ", seed=" << seed
-         << ")";
-}
-
-void ZipConv2dImpl::after_clone(const std::optional<torch::Device>& device) {
-  if (device && quant_.codebook()) quant_.codebook(quant_.codebook()->to(*device));
+  stream << "zipml::nn::ZipConv2d(" << detail::base_arguments<torch::nn::Conv2dImpl>(*this) << ", " << quant_
+         << ", seed=" << seed << ")";
 }
 
 // ---- ZipLinear -----------------------------------------------------------------------------------
@@ -129,12 +129,8 @@ at::Tensor ZipLinearImpl::forward(const at::Tensor& x) {
 }
 
 void ZipLinearImpl::pretty_print(std::ostream& stream) const {
-  stream << "zipml::nn::ZipLinear(" << detail::base_arguments<torch::nn::LinearImpl>(*this) << ", " << quant_ << ", seed=" << seed
-         << ")";
-}
-
-void ZipLinearImpl::after_clone(const std::optional<torch::Device>& device) {
-  if (device && quant_.codebook()) quant_.codebook(quant_.codebook()->to(*device));
+  stream << "zipml::nn::ZipLinear(" << detail::base_arguments<torch::nn::LinearImpl>(*this) << ", " << quant_
+         << ", seed=" << seed << ")";
 }
 
 }  // namespace nn

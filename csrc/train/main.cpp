@@ -19,11 +19,11 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <sys/stat.h>
 #include <torch/cuda.h>
 #include <torch/optim/sgd.h>
 #include <torch/serialize.h>
 #include <torch/version.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <zipml/data.h>
 #include <zipml/models.h>
@@ -97,7 +97,7 @@ struct Args {
   std::optional<std::string> resume;
   std::optional<int64_t> stop_after_epochs, threads;
   std::string device = "cpu", progress = "auto";
-  bool quiet = false;
+  bool quiet = false, no_plot = false;
 };
 
 // One flag: how to parse it, and for settings, how to read and restore it (the key of metrics.json's
@@ -136,7 +136,8 @@ double parse_double(const std::string& flag, const std::string& text) {
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used == 0 || used != text.size()) throw UsageError(cat("argument --", flag, ": invalid float value: '", text, "'"));
+  if (used == 0 || used != text.size())
+    throw UsageError(cat("argument --", flag, ": invalid float value: '", text, "'"));
   return v;
 }
 
@@ -259,6 +260,8 @@ const std::vector<Flag>& flags() {
     f.push_back(string_flag("progress", &Args::progress, "progress bar on stderr; auto: when stderr is a terminal",
                             {"auto", "on", "off"}, false));
     f.push_back(switch_flag("quiet", &Args::quiet, "no per-epoch lines on stdout", false));
+    f.push_back(switch_flag("no-plot", &Args::no_plot,
+                            "accepted for the Python trainer's command lines: zipml_train draws no curves.png", false));
     return f;
   }();
   return all;
@@ -332,7 +335,8 @@ std::set<std::string> parse_args(int argc, char** argv, Args& a) {
 void check_args(const Args& a) {
   auto positive = [](const char* name, std::optional<int64_t> v, bool allow_none) {
     if (!v && allow_none) return;
-    if (!v || *v < 1) throw UsageError(cat("--", name, " must be a positive integer, got ", v ? std::to_string(*v) : "None"));
+    if (!v || *v < 1)
+      throw UsageError(cat("--", name, " must be a positive integer, got ", v ? std::to_string(*v) : "None"));
   };
   positive("epochs", a.epochs, false);
   positive("batch-size", a.batch_size, false);
@@ -343,7 +347,8 @@ void check_args(const Args& a) {
   positive("stop-after-epochs", a.stop_after_epochs, true);
   positive("threads", a.threads, true);
   for (auto [name, v] : {std::pair<const char*, std::optional<int64_t>>{"weight-bits", a.weight_bits},
-                         {"grad-bits", a.grad_bits}, {"act-bits", a.act_bits}})
+                         {"grad-bits", a.grad_bits},
+                         {"act-bits", a.act_bits}})
     if (v && (*v < 1 || *v > 8)) throw UsageError(cat("--", name, " must be from 1 to 8, got ", *v));
   if (a.bn_calibration < 0) throw UsageError(cat("--bn-calibration must be >= 0, got ", a.bn_calibration));
   if (!(a.lr > 0)) throw UsageError(cat("--lr must be positive, got ", a.lr));
@@ -451,9 +456,9 @@ class Progress {
     const int done = static_cast<int>(width * count / std::max<int64_t>(total_, 1));
     const double rate = count / std::max(t - start_, 1e-9);
     const double eta = rate > 0 ? (total_ - count) / rate : 0.0;
-    std::fprintf(stderr, "\r%s [%s%s] %lld/%lld %.2f it/s eta %.0fs %s\033[K", desc_.c_str(), std::string(done, '#').c_str(),
-                 std::string(width - done, '.').c_str(), static_cast<long long>(count), static_cast<long long>(total_),
-                 rate, eta, info().c_str());
+    std::fprintf(stderr, "\r%s [%s%s] %lld/%lld %.2f it/s eta %.0fs %s\033[K", desc_.c_str(),
+                 std::string(done, '#').c_str(), std::string(width - done, '.').c_str(), static_cast<long long>(count),
+                 static_cast<long long>(total_), rate, eta, info().c_str());
     std::fflush(stderr);
   }
   void close() {
@@ -499,7 +504,8 @@ Evaluation test(ResNetCifar& model, const BatchLoader& loader, const BatchLoader
   std::vector<at::Tensor> inputs;
   const BatchLoader::Epoch batches = calibration.epoch(0);
   for (int64_t b = 0; b < std::min(calibration_batches, batches.size()); ++b) inputs.push_back(batches[b].x);
-  zipml::nn::CalibratedBatchNorm calibrated(*model, [&](const at::Tensor& x) { model->forward(x); }, inputs);
+  zipml::nn::CalibratedBatchNorm calibrated(
+      *model, [&](const at::Tensor& x) { model->forward(x); }, inputs);
   const Evaluation result = evaluate(model, loader);
   calibrated.restore();
   model->train(was_training);
@@ -512,7 +518,8 @@ std::optional<Evaluation> nearest_eval(ResNetCifar& model, const std::function<E
   std::vector<zipml::nn::ZipQuantized*> layers;
   for (const auto& m : model->modules())
     if (auto* z = dynamic_cast<zipml::nn::ZipQuantized*>(m.get()))
-      if (z->quant().rounding() == zipml::Rounding::Stochastic && z->quant().eval_rounding() == zipml::nn::EvalRounding::Sample)
+      if (z->quant().rounding() == zipml::Rounding::Stochastic &&
+          z->quant().eval_rounding() == zipml::nn::EvalRounding::Sample)
         layers.push_back(z);
   if (layers.empty()) return std::nullopt;
   for (auto* z : layers) z->set_eval_rounding(zipml::nn::EvalRounding::Nearest);
@@ -535,13 +542,15 @@ GenericDict environment(const torch::Device& device) {
   env.insert("machine", std::string(host));
   env.insert("threads", static_cast<int64_t>(at::get_num_threads()));
   env.insert("device", device.str());
-  const auto isa = c10::Dispatcher::singleton().findSchemaOrThrow("zipml::_cpu_isa", "").typed<std::string(c10::string_view)>();
+  const auto isa =
+      c10::Dispatcher::singleton().findSchemaOrThrow("zipml::_cpu_isa", "").typed<std::string(c10::string_view)>();
   env.insert("cpu_isa", isa.call(""));
   return env;
 }
 
 double cosine_factor(int64_t step, int64_t total_steps) {
-  return 0.5 * (1.0 + std::cos(M_PI * static_cast<double>(std::min(step, total_steps)) / static_cast<double>(total_steps)));
+  return 0.5 *
+         (1.0 + std::cos(M_PI * static_cast<double>(std::min(step, total_steps)) / static_cast<double>(total_steps)));
 }
 
 std::string format_fixed(double v, int digits) {
@@ -560,7 +569,8 @@ int run(int argc, char** argv) {
   if (a.out.empty()) a.out = default_out(a);
   if (a.threads) at::set_num_threads(static_cast<int>(*a.threads));
   const torch::Device device(a.device);
-  if (device.is_cuda() && !torch::cuda::is_available()) throw UsageError("--device cuda, but torch sees no CUDA device");
+  if (device.is_cuda() && !torch::cuda::is_available())
+    throw UsageError("--device cuda, but torch sees no CUDA device");
 
   zipml::data::ImageDataset train_set, test_set;
   try {
@@ -582,7 +592,8 @@ int run(int argc, char** argv) {
   }
   if (ckpt && ckpt->at("data") != IValue(fingerprint))
     throw UsageError(cat("--resume: the data differ from the run's (", zipml::train::to_json(ckpt->at("data"), 0),
-                         " then, ", zipml::train::to_json(fingerprint, 0), " now); pass --data-dir pointing at the run's data"));
+                         " then, ", zipml::train::to_json(fingerprint, 0),
+                         " now); pass --data-dir pointing at the run's data"));
   zipml::data::LoaderOptions train_options;
   train_options.train(true).seed(static_cast<uint64_t>(a.seed)).mean(mean).std(std).device(device);
   if (a.hflip != "auto") train_options.hflip(a.hflip == "on");
@@ -611,13 +622,14 @@ int run(int argc, char** argv) {
   if (ckpt) {
     std::vector<at::Tensor> params = model->parameters();
     torch::OrderedDict<std::string, at::Tensor> state;
-    for (const auto& item : ckpt->at("model").toGenericDict()) state.insert(item.key().toStringRef(), item.value().toTensor());
+    for (const auto& item : ckpt->at("model").toGenericDict())
+      state.insert(item.key().toStringRef(), item.value().toTensor());
     zipml::nn::load_state_dict(*model, state);
     torch::OrderedDict<std::string, zipml::nn::LayerRng> rng;
     for (const auto& item : ckpt->at("zipml_rng").toGenericDict()) {
       const auto layer = item.value().toGenericDict();
-      rng.insert(item.key().toStringRef(), {static_cast<uint64_t>(layer.at("seed").toInt()),
-                                            static_cast<uint64_t>(layer.at("step").toInt())});
+      rng.insert(item.key().toStringRef(),
+                 {static_cast<uint64_t>(layer.at("seed").toInt()), static_cast<uint64_t>(layer.at("step").toInt())});
     }
     zipml::nn::set_rng_state(*model, rng);
     const auto buffers = ckpt->at("optimizer").toGenericDict().at("momentum_buffer").toList();
@@ -652,7 +664,8 @@ int run(int argc, char** argv) {
               << (ckpt ? cat(", resuming after epoch ", epoch) : "") << std::endl;
 
   GenericDict layers = new_dict();
-  for (const auto& [name, scheme] : zipml::nn::layer_schemes(*model)) layers.insert(name, std::string(zipml::nn::scheme_name(scheme)));
+  for (const auto& [name, scheme] : zipml::nn::layer_schemes(*model))
+    layers.insert(name, std::string(zipml::nn::scheme_name(scheme)));
   const GenericDict env = environment(device);
   GenericDict final_result = new_dict();
   auto record = [&]() {
@@ -775,8 +788,8 @@ int run(int argc, char** argv) {
     return 0;
   }
   if (!final_result.empty() && !a.quiet)
-    std::cout << "final test accuracy: " << format_fixed(final_result.at("test_acc").toDouble(), 2) << "% (" << a.out << ")"
-              << std::endl;
+    std::cout << "final test accuracy: " << format_fixed(final_result.at("test_acc").toDouble(), 2) << "% (" << a.out
+              << ")" << std::endl;
   return !final_result.empty() || a.stop_after_epochs ? 0 : 1;
 }
 

@@ -71,7 +71,8 @@ void json_string(std::ostringstream& s, const std::string& text) {
 }
 
 void json(std::ostringstream& s, const c10::IValue& v, int indent, int depth) {
-  const std::string pad(static_cast<size_t>(indent * (depth + 1)), ' '), close(static_cast<size_t>(indent * depth), ' ');
+  const std::string pad(static_cast<size_t>(indent * (depth + 1)), ' '),
+      close(static_cast<size_t>(indent * depth), ' ');
   if (v.isNone()) {
     s << "null";
   } else if (v.isBool()) {

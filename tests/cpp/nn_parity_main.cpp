@@ -49,14 +49,17 @@ znn::ZipOptions zip_options(const GenericDict& q) {
       o.weight_levels(levels.toStringRef() == "optimal" ? zipml::Levels::Optimal : zipml::Levels::Uniform);
     }
   }
-  if (has(q, "rounding")) o.rounding(q.at("rounding").toStringRef() == "nearest" ? zipml::Rounding::Nearest : zipml::Rounding::Stochastic);
+  if (has(q, "rounding"))
+    o.rounding(q.at("rounding").toStringRef() == "nearest" ? zipml::Rounding::Nearest : zipml::Rounding::Stochastic);
   if (has(q, "granularity"))
-    o.granularity(q.at("granularity").toStringRef() == "channel" ? zipml::Granularity::Channel : zipml::Granularity::Tensor);
+    o.granularity(q.at("granularity").toStringRef() == "channel" ? zipml::Granularity::Channel
+                                                                 : zipml::Granularity::Tensor);
   if (has(q, "grad_bits")) o.grad_bits(q.at("grad_bits").toInt());
   if (has(q, "act_bits")) o.act_bits(q.at("act_bits").toInt());
   if (has(q, "seed")) o.seed(static_cast<uint64_t>(q.at("seed").toInt()));  // int64 bits of a uint64
   if (has(q, "eval_rounding"))
-    o.eval_rounding(q.at("eval_rounding").toStringRef() == "nearest" ? znn::EvalRounding::Nearest : znn::EvalRounding::Sample);
+    o.eval_rounding(q.at("eval_rounding").toStringRef() == "nearest" ? znn::EvalRounding::Nearest
+                                                                     : znn::EvalRounding::Sample);
   if (has(q, "candidates")) o.candidates(q.at("candidates").toInt());
   return o;
 }
@@ -88,9 +91,12 @@ torch::nn::Conv2dOptions conv_options(const GenericDict& c) {
   if (has(c, "bias")) o.bias(c.at("bias").toBool());
   if (has(c, "padding_mode")) {
     const std::string m = c.at("padding_mode").toStringRef();
-    if (m == "reflect") o.padding_mode(torch::kReflect);
-    else if (m == "replicate") o.padding_mode(torch::kReplicate);
-    else if (m == "circular") o.padding_mode(torch::kCircular);
+    if (m == "reflect")
+      o.padding_mode(torch::kReflect);
+    else if (m == "replicate")
+      o.padding_mode(torch::kReplicate);
+    else if (m == "circular")
+      o.padding_mode(torch::kCircular);
   }
   return o;
 }
@@ -133,7 +139,8 @@ GenericDict run_layer(Holder layer, const GenericDict& c) {
   if constexpr (std::is_base_of_v<znn::ZipQuantized, typename Holder::ContainedType>) {
     if (has(c, "step")) layer->step = static_cast<uint64_t>(c.at("step").toInt());
   }
-  run_forward(*layer, [&](const at::Tensor& x) { return layer->forward(x); }, c, result);
+  run_forward(
+      *layer, [&](const at::Tensor& x) { return layer->forward(x); }, c, result);
   if constexpr (std::is_base_of_v<znn::ZipQuantized, typename Holder::ContainedType>) {
     result.insert("step", static_cast<int64_t>(layer->step));
   }
@@ -152,7 +159,8 @@ GenericDict run_case(const GenericDict& c) {
   }
   if (kind == "linear") {
     const auto l = c.at("linear").toGenericDict();
-    const auto o = torch::nn::LinearOptions(l.at("in_features").toInt(), l.at("out_features").toInt()).bias(l.at("bias").toBool());
+    const auto o =
+        torch::nn::LinearOptions(l.at("in_features").toInt(), l.at("out_features").toInt()).bias(l.at("bias").toBool());
     if (scheme == "bwn") return run_layer(znn::BWNLinear(o, clip), c);
     if (scheme == "xnor") return run_layer(znn::XNORLinear(o, clip), c);
     return run_layer(znn::ZipLinear(o, zip_options(c.at("quant").toGenericDict())), c);
@@ -165,7 +173,8 @@ GenericDict run_case(const GenericDict& c) {
   if (has(cfg, "clip")) config.clip = cfg.at("clip").toDouble();
   if (has(cfg, "skip_first_last")) config.skip_first_last = cfg.at("skip_first_last").toBool();
   if (has(c, "init_seed")) torch::manual_seed(static_cast<uint64_t>(c.at("init_seed").toInt()));
-  zipml::models::ResNetCifar model(c.at("depth").toInt(), c.at("num_classes").toInt(), c.at("in_channels").toInt(), config);
+  zipml::models::ResNetCifar model(c.at("depth").toInt(), c.at("num_classes").toInt(), c.at("in_channels").toInt(),
+                                   config);
   GenericDict result = new_dict();
   result.insert("init_state", tensor_dict(znn::state_dict(*model)));
   if (has(c, "state")) znn::load_state_dict(*model, tensors(c.at("state")));
@@ -181,7 +190,8 @@ GenericDict run_case(const GenericDict& c) {
   GenericDict schemes = new_dict();
   for (const auto& [name, s] : znn::layer_schemes(*model)) schemes.insert(name, std::string(znn::scheme_name(s)));
   result.insert("layers", schemes);
-  run_forward(*model, [&](const at::Tensor& x) { return model->forward(x); }, c, result);
+  run_forward(
+      *model, [&](const at::Tensor& x) { return model->forward(x); }, c, result);
   result.insert("state", tensor_dict(znn::state_dict(*model)));
   GenericDict rng = new_dict();
   for (const auto& item : znn::rng_state(*model)) {

@@ -54,12 +54,22 @@ struct Quant {
   std::optional<at::Tensor> codebook = std::nullopt;
 
   znn::ZipOptions layer(uint64_t seed) const {
-    return znn::ZipOptions().weight_bits(bits).weight_levels(levels).granularity(granularity).rounding(rounding)
-        .codebook(codebook).seed(seed);
+    return znn::ZipOptions()
+        .weight_bits(bits)
+        .weight_levels(levels)
+        .granularity(granularity)
+        .rounding(rounding)
+        .codebook(codebook)
+        .seed(seed);
   }
   QuantizeOptions op(uint64_t seed, uint64_t offset) const {
-    return QuantizeOptions(bits).levels(levels).granularity(granularity).rounding(rounding).codebook(codebook)
-        .seed(seed).offset(offset);
+    return QuantizeOptions(bits)
+        .levels(levels)
+        .granularity(granularity)
+        .rounding(rounding)
+        .codebook(codebook)
+        .seed(seed)
+        .offset(offset);
   }
 };
 
@@ -89,7 +99,8 @@ TEST(ZipConv2d, ForwardIsTheDocumentedOpSequence) {
     const at::Tensor x = at::randn({2, 3, 9, 9});
     for (uint64_t step = 0; step < 3; ++step) {
       const at::Tensor w_q = zipml::fake_quantize(plain->weight, q.op(11, znn::kStreamsPerStep * step));
-      ASSERT_TRUE(bitwise_equal(zip(x), at::conv2d(x, w_q, plain->bias, 1, 1))) << "bits " << q.bits << " step " << step;
+      ASSERT_TRUE(bitwise_equal(zip(x), at::conv2d(x, w_q, plain->bias, 1, 1)))
+          << "bits " << q.bits << " step " << step;
       ASSERT_EQ(zip->step, step + 1);
     }
   }
@@ -101,15 +112,17 @@ TEST(ZipLinear, ActBitsQuantizesTheInputOnStream2) {
   const at::Tensor x = at::randn({6, 16});
   lin(x);
   const at::Tensor x_q = zipml::fake_quantize(x, QuantizeOptions(4).seed(5).offset(4 * 1 + znn::kStreamInput));
-  const at::Tensor w_q = zipml::fake_quantize(lin->weight, QuantizeOptions(3).seed(5).offset(4 * 1 + znn::kStreamWeight));
+  const at::Tensor w_q =
+      zipml::fake_quantize(lin->weight, QuantizeOptions(3).seed(5).offset(4 * 1 + znn::kStreamWeight));
   EXPECT_TRUE(bitwise_equal(lin(x), at::linear(x_q, w_q, lin->bias)));
 }
 
 TEST(ZipLinear, GradBitsQuantizesTheWeightGradientOnStream1) {
   const auto make = [](std::optional<int64_t> grad_bits) {
     torch::manual_seed(0);
-    return znn::ZipLinear(torch::nn::LinearOptions(8, 5),
-                          znn::ZipOptions().weight_bits(4).grad_bits(grad_bits).granularity(Granularity::Channel).seed(9));
+    return znn::ZipLinear(
+        torch::nn::LinearOptions(8, 5),
+        znn::ZipOptions().weight_bits(4).grad_bits(grad_bits).granularity(Granularity::Channel).seed(9));
   };
   const at::Tensor x = at::randn({7, 8}), g = at::randn({7, 5});
   znn::ZipLinear lin = make(3);
@@ -165,8 +178,7 @@ TEST(ZipConv2d, EvalUsesAFixedDrawOrNearestAndKeepsTheStep) {
 TEST(ZipConv2d, ShapesParametersAndStateDictMatchConv2d) {
   const at::Tensor x = at::randn({2, 8, 11, 13});
   const std::vector<torch::nn::Conv2dOptions> variants = {
-      torch::nn::Conv2dOptions(8, 12, 3),
-      torch::nn::Conv2dOptions(8, 12, 3).stride(2).padding(2).dilation(2),
+      torch::nn::Conv2dOptions(8, 12, 3), torch::nn::Conv2dOptions(8, 12, 3).stride(2).padding(2).dilation(2),
       torch::nn::Conv2dOptions(8, 12, 3).groups(4).bias(false),
       torch::nn::Conv2dOptions(8, 12, 3).padding(torch::kSame).padding_mode(torch::kReflect)};
   for (const auto& o : variants) {
@@ -189,19 +201,26 @@ TEST(ZipConv2d, ShapesParametersAndStateDictMatchConv2d) {
 
 TEST(ZipOptions, RejectsBadOptionsNamingTheOption) {
   const auto conv = [](znn::ZipOptions o) { znn::ZipConv2d(torch::nn::Conv2dOptions(3, 8, 3), o); };
-  EXPECT_TRUE(throws_with([&] { conv(znn::ZipOptions().weight_bits(9)); }, "weight_bits must be an integer from 1 to 8, got 9"));
-  EXPECT_TRUE(throws_with([&] { conv(znn::ZipOptions().grad_bits(0)); }, "grad_bits must be an integer from 1 to 8, got 0"));
+  EXPECT_TRUE(throws_with([&] { conv(znn::ZipOptions().weight_bits(9)); },
+                          "weight_bits must be an integer from 1 to 8, got 9"));
+  EXPECT_TRUE(
+      throws_with([&] { conv(znn::ZipOptions().grad_bits(0)); }, "grad_bits must be an integer from 1 to 8, got 0"));
   EXPECT_TRUE(throws_with([&] { conv(znn::ZipOptions().act_bits(12)); }, "act_bits must be an integer from 1 to 8"));
   EXPECT_TRUE(throws_with([&] { conv(znn::ZipOptions().granularity(Granularity::Row)); },
                           "granularity must be Granularity::Tensor or Granularity::Channel"));
   EXPECT_TRUE(throws_with([&] { conv(znn::ZipOptions().candidates(1)); }, "candidates must be an integer >= 2, got 1"));
-  EXPECT_TRUE(throws_with([&] { conv(znn::ZipOptions().weight_levels(Levels::Codebook)); }, "pass them with codebook(tensor)"));
-  EXPECT_TRUE(throws_with([&] { conv(znn::ZipOptions().codebook(at::tensor({-1.0f, 1.0f}))); },
-                          "a codebook was given but weight_levels is Levels::uniform"));
+  EXPECT_TRUE(
+      throws_with([&] { conv(znn::ZipOptions().weight_levels(Levels::Codebook)); }, "pass them with codebook(tensor)"));
+  EXPECT_TRUE(throws_with(
+      [&] {
+        conv(znn::ZipOptions().codebook(at::tensor({-1.0f, 1.0f})));
+      },
+      "a codebook was given but weight_levels is Levels::uniform"));
   EXPECT_TRUE(throws_with(
       [&] { conv(znn::ZipOptions().weight_bits(2).weight_levels(Levels::Codebook).codebook(at::linspace(-1, 1, 5))); },
       "codebook must be 1-D with 1 to 2**weight_bits = 4 levels"));
-  EXPECT_TRUE(throws_with([&] { znn::BWNConv2d(torch::nn::Conv2dOptions(3, 8, 3), 0.0); }, "clip must be a positive number"));
+  EXPECT_TRUE(
+      throws_with([&] { znn::BWNConv2d(torch::nn::Conv2dOptions(3, 8, 3), 0.0); }, "clip must be a positive number"));
 }
 
 TEST(ZipConv2d, ReproducibleAndSeededLikePython) {
@@ -304,22 +323,23 @@ TEST(Xnor, XNORConv2dAgainstALoopReference) {
     znn::XNORConv2d conv(torch::nn::Conv2dOptions(3, 4, 3).stride(stride).padding(1));
     conv->to(at::kDouble);
     const at::Tensor x = at::randn({2, 3, 6, 6}, at::kDouble);
-    EXPECT_TRUE(at::allclose(conv(x), xnor_conv_reference(x, conv->weight.detach(), conv->bias.detach(), stride, 1), 1e-10,
-                             1e-10))
+    EXPECT_TRUE(at::allclose(conv(x), xnor_conv_reference(x, conv->weight.detach(), conv->bias.detach(), stride, 1),
+                             1e-10, 1e-10))
         << "stride " << stride;
   }
   znn::XNORLinear lin(torch::nn::LinearOptions(5, 3));
   const at::Tensor x = at::randn({4, 5});
   const at::Tensor sign_w = at::where(lin->weight > 0, 1.0f, -1.0f), sign_x = at::where(x > 0, 1.0f, -1.0f);
-  const at::Tensor expected = at::matmul(sign_x, (sign_w * lin->weight.abs().mean(1, true)).t()) * x.abs().mean(1, true) +
-                              lin->bias;
+  const at::Tensor expected =
+      at::matmul(sign_x, (sign_w * lin->weight.abs().mean(1, true)).t()) * x.abs().mean(1, true) + lin->bias;
   EXPECT_TRUE(at::allclose(lin(x), expected, 1e-5, 1e-6));
 }
 
 TEST(Xnor, XNORConv2dRejectsWhatKCannotDescribe) {
   EXPECT_TRUE(throws_with([] { znn::XNORConv2d(torch::nn::Conv2dOptions(4, 4, 3).groups(2)); }, "groups must be 1"));
-  EXPECT_TRUE(throws_with([] { znn::XNORConv2d(torch::nn::Conv2dOptions(4, 4, 3).padding(1).padding_mode(torch::kReflect)); },
-                          "padding_mode must be zeros"));
+  EXPECT_TRUE(
+      throws_with([] { znn::XNORConv2d(torch::nn::Conv2dOptions(4, 4, 3).padding(1).padding_mode(torch::kReflect)); },
+                  "padding_mode must be zeros"));
   EXPECT_TRUE(throws_with([] { znn::XNORConv2d(torch::nn::Conv2dOptions(4, 4, 3).padding(torch::kSame)); },
                           "padding must be given as numbers"));
 }
@@ -349,7 +369,15 @@ TEST(QuantConfig, SkipsFirstAndLastThenAppliesOverridesInOrder) {
   EXPECT_EQ(config.resolve("layer2.0.conv1", 3, 5).zipml.weight_bits(), 2);
   config.skip_first_last = false;
   EXPECT_EQ(config.resolve("conv1", 0, 5).scheme, znn::Scheme::ZipML);
-  EXPECT_TRUE(throws_with([] { znn::parse_scheme("ternary"); }, "scheme must be one of 'fp32', 'bwn', 'xnor', 'zipml'"));
+  EXPECT_TRUE(
+      throws_with([] { znn::parse_scheme("ternary"); }, "scheme must be one of 'fp32', 'bwn', 'xnor', 'zipml'"));
+
+  znn::QuantConfig xnor;
+  xnor.scheme = znn::Scheme::XNOR;
+  xnor.skip_first_last = false;
+  znn::LayerFactory layers(xnor, 1);
+  EXPECT_TRUE(throws_with([&] { layers.conv2d("grouped", torch::nn::Conv2dOptions(4, 4, 3).groups(2)); },
+                          "layer 'grouped' cannot take scheme 'xnor': XNORConv2d: groups must be 1"));
 }
 
 TEST(ResNet, ArchitectureMatchesThePythonModel) {
@@ -360,8 +388,9 @@ TEST(ResNet, ArchitectureMatchesThePythonModel) {
   std::vector<std::string> keys;
   for (const auto& item : znn::state_dict(*model)) keys.push_back(item.key());
   ASSERT_EQ(keys.size(), 116u);
-  const std::vector<std::string> head = {"conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var",
-                                         "bn1.num_batches_tracked", "layer1.0.conv1.weight", "layer1.0.bn1.weight"};
+  const std::vector<std::string> head = {"conv1.weight",          "bn1.weight",         "bn1.bias",
+                                         "bn1.running_mean",      "bn1.running_var",    "bn1.num_batches_tracked",
+                                         "layer1.0.conv1.weight", "layer1.0.bn1.weight"};
   EXPECT_EQ(std::vector<std::string>(keys.begin(), keys.begin() + 8), head);
   EXPECT_EQ(keys[113], "layer3.2.bn2.num_batches_tracked");
   EXPECT_EQ(keys[114], "fc.weight");
@@ -443,7 +472,8 @@ TEST(CalibratedBatchNorm, AveragesBatchStatisticsAndRestoresTheModel) {
   std::vector<at::Tensor> batches = {at::randn({5, 2, 6, 6}), at::randn({5, 2, 6, 6}) * 2 + 1, at::randn({5, 2, 6, 6})};
   auto* bn = net[1]->as<torch::nn::BatchNorm2d>();
   {
-    znn::CalibratedBatchNorm calibrated(*net, [&](const at::Tensor& x) { net->forward(x); }, batches);
+    znn::CalibratedBatchNorm calibrated(
+        *net, [&](const at::Tensor& x) { net->forward(x); }, batches);
     at::Tensor mean = at::zeros({3}, at::kDouble), var = at::zeros({3}, at::kDouble);
     for (const auto& x : batches) {
       const at::Tensor h = net[0]->as<torch::nn::Conv2d>()->forward(x).to(at::kDouble).transpose(0, 1).reshape({3, -1});
@@ -456,17 +486,23 @@ TEST(CalibratedBatchNorm, AveragesBatchStatisticsAndRestoresTheModel) {
     EXPECT_FALSE(net->is_training());
     EXPECT_FALSE(bn->is_training());
   }
-  for (const auto& item : znn::state_dict(*net)) EXPECT_TRUE(bitwise_equal(item.value(), before[item.key()])) << item.key();
+  for (const auto& item : znn::state_dict(*net))
+    EXPECT_TRUE(bitwise_equal(item.value(), before[item.key()])) << item.key();
   EXPECT_EQ(bn->options.momentum(), std::optional<double>(0.1));
-  EXPECT_TRUE(throws_with(
-      [&] { znn::CalibratedBatchNorm none(*net, [&](const at::Tensor& x) { net->forward(x); }, {}); }, "no batches given"));
+  EXPECT_TRUE(
+      throws_with([&] { znn::CalibratedBatchNorm none(*net, [&](const at::Tensor& x) { net->forward(x); }, {}); },
+                  "no batches given"));
   EXPECT_TRUE(bitwise_equal(bn->running_mean, before["1.running_mean"]));  // restored after the error too
 }
 
 // A few SGD steps of a quantized ResNet: the same seeds give the same bits, another Philox seed does not.
 std::vector<at::Tensor> train_steps(uint64_t philox_seed) {
   znn::QuantConfig config;
-  config.zipml.weight_bits(2).weight_levels(Levels::Optimal).granularity(Granularity::Channel).grad_bits(8).seed(philox_seed);
+  config.zipml.weight_bits(2)
+      .weight_levels(Levels::Optimal)
+      .granularity(Granularity::Channel)
+      .grad_bits(8)
+      .seed(philox_seed);
   torch::manual_seed(3);
   zipml::models::ResNetCifar model(8, 10, 1, config);
   torch::optim::SGD sgd(model->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9).weight_decay(5e-4));

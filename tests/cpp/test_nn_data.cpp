@@ -61,7 +61,8 @@ at::Tensor random_bytes(std::vector<int64_t> shape, uint64_t seed) {
 }
 
 // Writes Fashion-MNIST's split in IDX files; returns (images, labels).
-std::pair<at::Tensor, at::Tensor> write_fashion(const std::string& dir, int64_t n, const std::string& split, bool gzip) {
+std::pair<at::Tensor, at::Tensor> write_fashion(const std::string& dir, int64_t n, const std::string& split,
+                                                bool gzip) {
   const std::string prefix = split == "train" ? "train" : "t10k", suffix = gzip ? ".gz" : "";
   const at::Tensor images = random_bytes({n, 28, 28}, 1), labels = at::arange(n) % 10;
   write_bytes(dir + "/" + prefix + "-images-idx3-ubyte" + suffix, idx_bytes(images), gzip);
@@ -76,7 +77,8 @@ std::tuple<at::Tensor, at::Tensor, std::vector<uint8_t>> cifar_records(int64_t n
                                              : at::stack({at::randint(0, 20, {n}, g), at::randint(0, 100, {n}, g)}, 1);
   const at::Tensor images = at::randint(0, 256, {n, 3, 32, 32}, g, at::kByte);
   const at::Tensor records = at::cat({labels.to(at::kByte), images.reshape({n, -1})}, 1).contiguous();
-  return {images, labels, std::vector<uint8_t>(records.data_ptr<uint8_t>(), records.data_ptr<uint8_t>() + records.numel())};
+  return {images, labels,
+          std::vector<uint8_t>(records.data_ptr<uint8_t>(), records.data_ptr<uint8_t>() + records.numel())};
 }
 
 // Runs fn, expecting an exception of type E whose message matches the regular expression.
@@ -91,7 +93,9 @@ template <class E>
   return ::testing::AssertionFailure() << "no exception (expected one matching '" << pattern << "')";
 }
 
-std::string quoted(const std::string& text) { return std::regex_replace(text, std::regex(R"([.^$|()\[\]{}*+?\\])"), R"(\$&)"); }
+std::string quoted(const std::string& text) {
+  return std::regex_replace(text, std::regex(R"([.^$|()\[\]{}*+?\\])"), R"(\$&)");
+}
 
 // ---- IDX / Fashion-MNIST -------------------------------------------------------------------------
 
@@ -126,7 +130,8 @@ TEST_F(DataFiles, IdxTruncatedGzipStreamNamesTheRecord) {
   std::vector<uint8_t> blob = read_bytes(p);
   blob.resize(blob.size() / 2);
   write_bytes(p, blob);
-  EXPECT_TRUE(throws_matching<zd::DataError>([&] { zd::read_idx(p); }, "truncated: record \\d+ \\(0-based\\) of the 50"));
+  EXPECT_TRUE(
+      throws_matching<zd::DataError>([&] { zd::read_idx(p); }, "truncated: record \\d+ \\(0-based\\) of the 50"));
 }
 
 TEST_F(DataFiles, IdxCorruptGzipHeadersAndTrailingBytes) {
@@ -143,7 +148,8 @@ TEST_F(DataFiles, IdxCorruptGzipHeadersAndTrailingBytes) {
   write_bytes(p, {0, 0, 0x0d, 0x01, 0, 0, 0, 1, 0, 0, 0, 0});
   EXPECT_TRUE(throws_matching<zd::DataError>([&] { zd::read_idx(p); }, "IDX type byte 0x0d is not supported"));
   write_bytes(p, {0, 0, 0x08, 0x03, 0, 0, 0, 1});
-  EXPECT_TRUE(throws_matching<zd::DataError>([&] { zd::read_idx(p); }, "truncated IDX header \\(8 bytes, the header needs 16\\)"));
+  EXPECT_TRUE(throws_matching<zd::DataError>([&] { zd::read_idx(p); },
+                                             "truncated IDX header \\(8 bytes, the header needs 16\\)"));
   write_bytes(p, {0, 0});
   EXPECT_TRUE(throws_matching<zd::DataError>([&] { zd::read_idx(p); }, "only 2 bytes"));
   std::vector<uint8_t> extra = idx_bytes(at::zeros({3, 2}, at::kByte));
@@ -159,10 +165,12 @@ TEST_F(DataFiles, FashionMnistBadLabelsAndMissingFiles) {
   EXPECT_TRUE(throws_matching<zd::DataError>([&] { zd::load_fashion_mnist(dir, "test"); },
                                              "t10k-labels-idx1-ubyte: corrupt: record 2 has label 12, outside 0..9"));
   write_bytes(path("t10k-labels-idx1-ubyte"), idx_bytes(at::tensor({1, 2, 3})));
-  EXPECT_TRUE(throws_matching<zd::DataError>([&] { zd::load_fashion_mnist(dir, "test"); }, "has 3 labels but .* has 4 images"));
-  EXPECT_TRUE(throws_matching<zd::DataNotFoundError>([&] { zd::load_fashion_mnist(dir, "train"); },
-                                                     "Fashion-MNIST not found: no train-images-idx3-ubyte.gz or "
-                                                     "train-images-idx3-ubyte in .*apt-get install dataset-fashion-mnist"));
+  EXPECT_TRUE(
+      throws_matching<zd::DataError>([&] { zd::load_fashion_mnist(dir, "test"); }, "has 3 labels but .* has 4 images"));
+  EXPECT_TRUE(
+      throws_matching<zd::DataNotFoundError>([&] { zd::load_fashion_mnist(dir, "train"); },
+                                             "Fashion-MNIST not found: no train-images-idx3-ubyte.gz or "
+                                             "train-images-idx3-ubyte in .*apt-get install dataset-fashion-mnist"));
   EXPECT_THROW(zd::load_fashion_mnist(dir, "validation"), std::invalid_argument);
 }
 
@@ -173,7 +181,9 @@ TEST_F(DataFiles, Cifar10AndCifar100RecordsRoundTrip) {
   std::vector<at::Tensor> images, labels;
   for (int i = 1; i <= 6; ++i) {
     auto [x, y, raw] = cifar_records(3, 1, static_cast<uint64_t>(i));
-    write_bytes(path("cifar-10-batches-bin/" + (i <= 5 ? "data_batch_" + std::to_string(i) : std::string("test_batch")) + ".bin"), raw);
+    write_bytes(path("cifar-10-batches-bin/" +
+                     (i <= 5 ? "data_batch_" + std::to_string(i) : std::string("test_batch")) + ".bin"),
+                raw);
     if (i <= 5) {
       images.push_back(x);
       labels.push_back(y.select(1, 0));
@@ -202,18 +212,25 @@ TEST_F(DataFiles, CifarTruncatedCorruptAndMissing) {
   raw.resize(raw.size() - 100);
   write_bytes(p, raw);
   EXPECT_TRUE(throws_matching<zd::DataError>([&] { zd::read_cifar(p, 1, {10}); },
-                                             quoted(p) + ": truncated: record 2 \\(0-based\\) is incomplete, the file ends "
-                                                         "2973 bytes into it \\(records are 3073 bytes"));
+                                             quoted(p) +
+                                                 ": truncated: record 2 \\(0-based\\) is incomplete, the file ends "
+                                                 "2973 bytes into it \\(records are 3073 bytes"));
   auto [x2, y2, raw2] = cifar_records(3, 1, 5);
   raw2[2 * 3073] = 10;  // record 2's label
   write_bytes(p, raw2);
-  EXPECT_TRUE(throws_matching<zd::DataError>([&] { zd::read_cifar(p, 1, {10}); },
-                                             "record 2 has label byte 0 = 10, outside 0..9 \\(is this the right CIFAR variant"));
+  EXPECT_TRUE(throws_matching<zd::DataError>(
+      [&] { zd::read_cifar(p, 1, {10}); },
+      "record 2 has label byte 0 = 10, outside 0..9 \\(is this the right CIFAR variant"));
   write_bytes(p, {});
-  EXPECT_TRUE(throws_matching<zd::DataError>([&] { zd::read_cifar(p, 2, {20, 100}); }, "empty file \\(records of 3074 bytes"));
-  EXPECT_TRUE(throws_matching<zd::DataNotFoundError>([&] { zd::load_cifar10(dir, "train"); },
-                                                     "CIFAR-10: data_batch_1.bin not found in .*cifar-10-binary.tar.gz"));
-  EXPECT_TRUE(throws_matching<zd::DataNotFoundError>([&] { zd::load_cifar100("", "test"); }, "CIFAR-100: no --data-dir given"));
+  EXPECT_TRUE(throws_matching<zd::DataError>(
+      [&] {
+        zd::read_cifar(p, 2, {20, 100});
+      },
+      "empty file \\(records of 3074 bytes"));
+  EXPECT_TRUE(throws_matching<zd::DataNotFoundError>(
+      [&] { zd::load_cifar10(dir, "train"); }, "CIFAR-10: data_batch_1.bin not found in .*cifar-10-binary.tar.gz"));
+  EXPECT_TRUE(
+      throws_matching<zd::DataNotFoundError>([&] { zd::load_cifar100("", "test"); }, "CIFAR-100: no --data-dir given"));
   EXPECT_THROW(zd::load_dataset("mnist", dir, "train"), std::invalid_argument);
 }
 

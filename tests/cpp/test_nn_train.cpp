@@ -24,7 +24,8 @@ void write_idx(const std::string& path, const at::Tensor& t) {
     for (int shift : {24, 16, 8, 0}) b.push_back(static_cast<uint8_t>((d >> shift) & 0xff));
   const at::Tensor c = t.to(at::kByte).contiguous();
   b.insert(b.end(), c.data_ptr<uint8_t>(), c.data_ptr<uint8_t>() + c.numel());
-  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
 }
 
 std::string slurp(const std::string& path) {
@@ -56,7 +57,8 @@ class Train : public ::testing::Test {
   }
   static std::string base(const std::string& out) {
     return "--data-dir " + root + " --out " + out + " --batch-size 16 --epochs 3 --progress off --quiet --seed 4" +
-           " --eval-batch-size 8 --bn-calibration 2 --threads 1 --scheme zipml --weight-bits 2 --levels optimal --grad-bits 8";
+           " --eval-batch-size 8 --bn-calibration 2 --threads 1 --scheme zipml --weight-bits 2 --levels optimal "
+           "--grad-bits 8";
   }
   static GenericDict checkpoint(const std::string& out) {
     const std::string bytes = slurp(out + "/checkpoint.pt");
@@ -80,7 +82,8 @@ TEST_F(Train, ResumeContinuesToExactlyTheUninterruptedResult) {
   EXPECT_EQ(b.at("step").toInt(), 9);
   const auto ma = a.at("model").toGenericDict(), mb = b.at("model").toGenericDict();
   ASSERT_EQ(ma.size(), mb.size());
-  for (const auto& item : ma) EXPECT_TRUE(at::equal(item.value().toTensor(), mb.at(item.key()).toTensor())) << item.key();
+  for (const auto& item : ma)
+    EXPECT_TRUE(at::equal(item.value().toTensor(), mb.at(item.key()).toTensor())) << item.key();
   EXPECT_EQ(a.at("zipml_rng"), b.at("zipml_rng"));
   EXPECT_EQ(a.at("zipml_rng").toGenericDict().at("layer1.0.conv1").toGenericDict().at("step").toInt(), 9);
   const auto ba = a.at("optimizer").toGenericDict().at("momentum_buffer").toList();
@@ -99,7 +102,8 @@ TEST_F(Train, WritesMetricsAndAPythonStyleCheckpointAtomically) {
   const Result r = run(base(out) + " --max-steps 4");
   ASSERT_EQ(r.status, 0) << r.err;
   const std::string csv = slurp(out + "/metrics.csv");
-  EXPECT_EQ(csv.rfind("epoch,step,lr,train_loss,train_acc,test_loss,test_acc,epoch_seconds,elapsed_seconds\r\n", 0), 0u);
+  EXPECT_EQ(csv.rfind("epoch,step,lr,train_loss,train_acc,test_loss,test_acc,epoch_seconds,elapsed_seconds\r\n", 0),
+            0u);
   const std::string json = slurp(out + "/metrics.json");
   for (const char* key : {"\"settings\"", "\"layers\"", "\"environment\"", "\"final\"", "\"test_acc_nearest_eval\"",
                           "\"max_steps\": 4", "\"layer1.0.conv1\": \"zipml\"", "\"conv1\": \"fp32\""})
@@ -120,7 +124,8 @@ TEST_F(Train, ErrorsNameTheFlagOrTheFile) {
   EXPECT_NE(r.err.find("--weight-bits must be from 1 to 8, got 9"), std::string::npos) << r.err;
   r = run("--levels best");
   EXPECT_EQ(r.status, 2);
-  EXPECT_NE(r.err.find("argument --levels: invalid choice: 'best' (choose from 'uniform', 'optimal')"), std::string::npos);
+  EXPECT_NE(r.err.find("argument --levels: invalid choice: 'best' (choose from 'uniform', 'optimal')"),
+            std::string::npos);
   r = run("--epochs two");
   EXPECT_NE(r.err.find("argument --epochs: invalid int value: 'two'"), std::string::npos) << r.err;
   r = run("--frobnicate 1");

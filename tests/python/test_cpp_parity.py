@@ -66,7 +66,8 @@ def run_cpp(cases, tmp_path):
 
 
 def assert_same(cpp, py, what):
-    assert cpp.dtype == py.dtype and cpp.shape == py.shape, f"{what}: {cpp.dtype}{tuple(cpp.shape)} vs {py.dtype}{tuple(py.shape)}"
+    assert (cpp.dtype, cpp.shape) == (py.dtype, py.shape), \
+        f"{what}: {cpp.dtype}{tuple(cpp.shape)} vs {py.dtype}{tuple(py.shape)}"
     assert torch.equal(cpp, py), f"{what}: max |C++ - Python| = {(cpp.double() - py.double()).abs().max().item():.3g}"
 
 
@@ -97,7 +98,8 @@ LAYER_CASES = [
     ("conv2d", "zipml", {}, dict(weight_bits=1, granularity="channel", seed=12), 7, True),
     ("conv2d", "zipml", {}, dict(weight_bits=4, weight_levels="optimal", granularity="channel", grad_bits=8,
                                  act_bits=4, seed=13), 3, True),
-    ("conv2d", "zipml", dict(stride=2, padding=2, dilation=2), dict(weight_bits=3, rounding="nearest", seed=14), 1, True),
+    ("conv2d", "zipml", dict(stride=2, padding=2, dilation=2), dict(weight_bits=3, rounding="nearest", seed=14), 1,
+     True),
     ("conv2d", "zipml", dict(groups=2, bias=False),
      dict(weight_bits=2, weight_levels=torch.tensor([-1.0, -0.2, 0.3, 1.0]), seed=15), 2, True),
     ("conv2d", "zipml", {}, dict(weight_bits=2, grad_bits=4, seed=16), 5, False),                  # eval: fixed draw
@@ -209,9 +211,11 @@ def test_resnet20_initialisation_forward_and_backward_match(tmp_path):
 def write_fashion(directory: Path, n: int, prefix: str, seed: int) -> None:
     """Fashion-MNIST's IDX files (gzip), n random 28x28 images and labels 0..9."""
     g = torch.Generator().manual_seed(seed)
-    for kind, t in (("images-idx3", torch.randint(0, 256, (n, 28, 28), generator=g)), ("labels-idx1", torch.arange(n) % 10)):
+    images, labels = torch.randint(0, 256, (n, 28, 28), generator=g), torch.arange(n) % 10
+    for kind, t in (("images-idx3", images), ("labels-idx1", labels)):
         header = struct.pack(">HBB", 0, 0x08, t.dim()) + struct.pack(f">{t.dim()}I", *t.shape)
-        (directory / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(header + t.to(torch.uint8).numpy().tobytes()))
+        payload = header + t.to(torch.uint8).numpy().tobytes()
+        (directory / f"{prefix}-{kind}-ubyte.gz").write_bytes(gzip.compress(payload))
 
 
 def write_cifar10(directory: Path, n: int, name: str, seed: int) -> None:
@@ -222,6 +226,10 @@ def write_cifar10(directory: Path, n: int, name: str, seed: int) -> None:
 
 
 TIMINGS = {"epoch_seconds", "elapsed_seconds", "seconds"}
+
+
+def untimed(row):
+    return {k: v for k, v in row.items() if k not in TIMINGS}
 
 
 @pytest.mark.parametrize("dataset, flags", [
@@ -255,9 +263,8 @@ def test_zipml_train_runs_the_same_training_as_the_python_trainer(tmp_path, data
     assert cpp["layers"] == py["layers"]
     assert len(cpp["epochs"]) == len(py["epochs"]) == 2
     for row_cpp, row_py in zip(cpp["epochs"], py["epochs"]):
-        assert {k: v for k, v in row_cpp.items() if k not in TIMINGS} == {k: v for k, v in row_py.items() if k not in TIMINGS}
-    assert {k: v for k, v in cpp["final"].items() if k not in TIMINGS} == \
-        {k: v for k, v in py["final"].items() if k not in TIMINGS}
+        assert untimed(row_cpp) == untimed(row_py)
+    assert untimed(cpp["final"]) == untimed(py["final"])
 
     a = torch.load(cpp_out / "checkpoint.pt", weights_only=False)
     b = torch.load(py_out / "checkpoint.pt", weights_only=False)

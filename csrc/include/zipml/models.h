@@ -29,7 +29,8 @@ namespace models {
 class BasicBlockImpl : public torch::nn::Module {
  public:
   // Its two convolutions come from `layers`, named prefix + "conv1" / "conv2".
-  BasicBlockImpl(int64_t in_planes, int64_t planes, int64_t stride, nn::LayerFactory& layers, const std::string& prefix);
+  BasicBlockImpl(int64_t in_planes, int64_t planes, int64_t stride, nn::LayerFactory& layers,
+                 const std::string& prefix);
   at::Tensor forward(const at::Tensor& x);
 
   torch::nn::AnyModule conv1, conv2;

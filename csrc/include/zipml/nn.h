@@ -114,12 +114,8 @@ class LeafCloneable : public Base {
       const at::Tensor& t = p.value();
       copy->parameters_[p.key()].set_data(device && t.device() != *device ? t.to(*device) : t.clone());
     }
-    static_cast<LeafCloneable&>(*copy).after_clone(device);  // virtual: the layer's own state
     return copy;
   }
-
- protected:
-  virtual void after_clone(const std::optional<torch::Device>& /*device*/) {}
 };
 }  // namespace detail
 
@@ -130,9 +126,6 @@ class ZipConv2dImpl : public detail::LeafCloneable<ZipConv2dImpl, torch::nn::Con
   explicit ZipConv2dImpl(torch::nn::Conv2dOptions conv, ZipOptions quant = {});
   at::Tensor forward(const at::Tensor& x);
   void pretty_print(std::ostream& stream) const override;
-
- protected:
-  void after_clone(const std::optional<torch::Device>& device) override;
 };
 TORCH_MODULE(ZipConv2d);
 
@@ -143,9 +136,6 @@ class ZipLinearImpl : public detail::LeafCloneable<ZipLinearImpl, torch::nn::Lin
   explicit ZipLinearImpl(torch::nn::LinearOptions linear, ZipOptions quant = {});
   at::Tensor forward(const at::Tensor& x);
   void pretty_print(std::ostream& stream) const override;
-
- protected:
-  void after_clone(const std::optional<torch::Device>& device) override;
 };
 TORCH_MODULE(ZipLinear);
 
@@ -216,7 +206,7 @@ struct QuantConfig {
     std::function<void(QuantConfig&)> change;
   };
   Scheme scheme = Scheme::ZipML;
-  ZipOptions zipml;  // the ZipConv2d / ZipLinear options (scheme ZipML)
+  ZipOptions zipml;   // the ZipConv2d / ZipLinear options (scheme ZipML)
   double clip = 1.0;  // the straight-through clipping of BWN and XNOR
   bool skip_first_last = true;
   std::vector<Override> overrides;
@@ -242,7 +232,7 @@ class LayerFactory {
 
  private:
   QuantConfig resolve_next(const std::string& name);
-  void adopt(const std::string& name, const QuantConfig& layer, ZipQuantized* zip);
+  void adopt(const QuantConfig& layer, ZipQuantized* zip);  // numbers the layer, seeds it if it is ZipML
   QuantConfig config_;
   int64_t count_;
   int64_t next_ = 0;
