@@ -32,7 +32,10 @@ def extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # No fused multiply-adds: every path (scalar, SIMD, CUDA) must compute the same bits.
     cxx = opt + ["-ffp-contract=off", "-fno-math-errno"]
-    srcs = sources("csrc/**/*.cpp") + sources("kernels/cpu/*.cpp")
+    # csrc/{nn,models,data,train} are the LibTorch front end (CMake's zipml_nn, zipml_train); Python has
+    # its own in torch_zipml.
+    frontend = tuple(os.path.join("csrc", d, "") for d in ("nn", "models", "data", "train"))
+    srcs = [s for s in sources("csrc/**/*.cpp") if not s.startswith(frontend)] + sources("kernels/cpu/*.cpp")
     kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc", "include")])
     if use_cuda():
         if not torch.cuda.is_available():
