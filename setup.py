@@ -47,14 +47,24 @@ def extension():
     return CppExtension("torch_zipml._C", srcs, extra_compile_args={"cxx": cxx}, **kwargs)
 
 
+def linear_extension():
+    """torch_zipml._linear: the low-precision linear solvers of linear/ (pybind11, no torch ops). The
+    SIMD variants are selected at run time, each compiled under its own target pragma."""
+    debug = os.environ.get("DEBUG", "0") == "1"
+    cxx = (["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off", "-fno-math-errno"]
+    srcs = sources("linear/*.cpp") + ["csrc/ops/optimal_levels_dp.cpp"]
+    return CppExtension("torch_zipml._linear", srcs, extra_compile_args={"cxx": cxx})
+
+
 setup(
     name="torch-zipml",
     version="0.1.0",
     description="ZipML: end-to-end low-precision training (stochastic, double-sampled and "
     "variance-optimal quantization) as PyTorch operators",
     packages=find_packages(include=["torch_zipml", "torch_zipml.*"]),
-    ext_modules=[extension()],
+    ext_modules=[extension(), linear_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
     install_requires=["torch>=2.11", "numpy"],
+    entry_points={"console_scripts": ["zipml-linear = torch_zipml.linear.__main__:main"]},
 )

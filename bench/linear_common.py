@@ -1,0 +1,84 @@
+"""Shared pieces of the bench/linear_*.py scripts: the machine description, the JSON writer, and
+the training runs through torch_zipml.linear's Trainer (the C++ solver) with the history kept."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the checkout's torch_zipml, built in place, before any installed one
+RESULTS = os.path.join(ROOT, "bench", "results")
+
+import torch  # noqa: E402,F401
+from torch_zipml import _linear  # noqa: E402
+
+
+def machine() -> dict:
+    model, flags = platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "avx512_vnni": "avx512_vnni" in flags,
+        "kernel_isa": _linear.isa(),
+        "load_average_1min": load,
+        "python": platform.python_version(),
+        "commit": commit,
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def write_json(name: str, data: dict, path: str = None) -> str:
+    path = path or os.path.join(RESULTS, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o))
+    print(f"wrote {path}")
+    return path
+
+
+def train(X, y, **options) -> dict:
+    """One training run; returns the solver's result plus the Trainer (for the closed forms) and
+    the wall time of construction (scaling, shuffling, building the store)."""
+    start = time.perf_counter()
+    trainer = _linear.Trainer(np.ascontiguousarray(X, dtype=np.float32), np.ascontiguousarray(y, dtype=np.float32),
+                              options)
+    built = time.perf_counter() - start
+    result = trainer.fit()
+    result["build_seconds"] = built
+    result["trainer"] = trainer
+    return result
+
+
+def summary(result: dict) -> dict:
+    """The JSON-able part of a run."""
+    keep = ("loss_history", "epoch_seconds", "bytes_read", "refetch_fraction", "engine", "isa", "samples",
+            "store_bytes", "build_seconds", "chebyshev_error")
+    return {k: (np.asarray(result[k]).tolist() if hasattr(result[k], "__len__") and not isinstance(result[k], str)
+                else result[k]) for k in keep if k in result}

@@ -1,0 +1,277 @@
+// AVX-512 variant of linear/kernels.h (F, BW, VL, VNNI and VBMI: Ice Lake and later).
+//
+// Decoding 64 codes of one record takes three instructions for the index plane (widen, VPMULTISHIFTQB
+// to pick each field, mask) and one masked byte add for the round-up plane, whose 64 bits load
+// straight into a mask register. Forward: VPDPBUSD sums code * model over 4 features per lane.
+// Gradient: 4 rows' codes are interleaved by VPUNPCK{L,H}{BW,WD} so that VPDPBUSD's four products
+// run over the rows, times the broadcast residual codes of those rows; the interleave permutes
+// features within 128-bit lanes, which a 4 x 4 shuffle of lanes undoes once per block of 64.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <algorithm>
+#include <cstring>
+
+#include "../kernels/common/quantize.h"
+#include "kernels.h"
+
+#pragma GCC push_options
+// GCC 12 warns inside its own AVX-512 headers (_mm512_undefined_*), a known false positive.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx2,bmi2,popcnt")
+
+namespace zipml::linear {
+namespace avx512 {
+
+#define ZIPML_VECTOR_BYTES 64
+
+#include "kernels_float_impl.h"
+
+// Codes of the 64 features [j, j + 64) of one record (j a multiple of 64): interval index plus the
+// round-up bit. Reads whole 64-feature blocks; the store keeps slack after its last record.
+template <int BITS>
+inline __m512i decode64(const uint8_t* index, const uint8_t* up, int64_t j) {
+  uint64_t bits_up;
+  std::memcpy(&bits_up, up + j / 8, 8);
+  __m512i interval;
+  if constexpr (BITS == 8) {
+    interval = _mm512_loadu_si512(index + j);
+  } else if constexpr (BITS == 4) {
+    // 8 nibbles per 32-bit word -> one word per qword, then nibble b of each qword to byte b.
+    const __m512i words = _mm512_cvtepu32_epi64(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(index + j / 2)));
+    interval = _mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x1C1814100C080400LL), words),
+                                _mm512_set1_epi8(0x0F));
+  } else if constexpr (BITS == 2) {
+    const __m512i words = _mm512_cvtepu16_epi64(_mm_loadu_si128(reinterpret_cast<const __m128i*>(index + j / 4)));
+    interval = _mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x0E0C0A0806040200LL), words),
+                                _mm512_set1_epi8(0x03));
+  } else {
+    interval = _mm512_setzero_si512();
+  }
+  return _mm512_mask_add_epi8(interval, _cvtu64_mask64(bits_up), interval, _mm512_set1_epi8(1));
+}
+
+template <int BITS>
+int64_t int_dot_bits(const uint8_t* index, const uint8_t* up, const int8_t* m, int64_t c0, int64_t c1) {
+  int64_t total = 0;
+  int64_t j = c0;
+  while (j < c1) {
+    // Each lane gains at most 4 * 255 * 127 per step: flush to 64 bits every 4096 steps.
+    const int64_t stop = j + 64 * 4096 < c1 ? j + 64 * 4096 : c1;
+    __m512i acc = _mm512_setzero_si512();
+    for (; j < stop; j += 64)
+      acc = _mm512_dpbusd_epi32(acc, decode64<BITS>(index, up, j), _mm512_loadu_si512(m + j));
+    total += _mm512_reduce_add_epi32(acc);
+  }
+  return total;
+}
+
+int64_t int_dot(const uint8_t* index, const uint8_t* up, const int8_t* m, int64_t c0, int64_t c1, int bits) {
+  switch (bits) {
+    case 1: return int_dot_bits<1>(index, up, m, c0, c1);
+    case 2: return int_dot_bits<2>(index, up, m, c0, c1);
+    case 4: return int_dot_bits<4>(index, up, m, c0, c1);
+    default: return int_dot_bits<8>(index, up, m, c0, c1);
+  }
+}
+
+template <int BITS>
+void int_gemv_t_bits(const uint8_t* const* index, const uint8_t* const* up, const int8_t* t, int64_t nrows,
+                     int64_t c0, int64_t c1, int32_t* G) {
+  for (int64_t j = c0; j < c1; j += 64) {
+    __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    for (int64_t k = 0; k < nrows; k += 4) {
+      const __m512i r0 = decode64<BITS>(index[k], up[k], j), r1 = decode64<BITS>(index[k + 1], up[k + 1], j);
+      const __m512i r2 = decode64<BITS>(index[k + 2], up[k + 2], j), r3 = decode64<BITS>(index[k + 3], up[k + 3], j);
+      const __m512i a = _mm512_unpacklo_epi8(r0, r1), b = _mm512_unpackhi_epi8(r0, r1);
+      const __m512i c = _mm512_unpacklo_epi8(r2, r3), d = _mm512_unpackhi_epi8(r2, r3);
+      uint32_t packed;
+      std::memcpy(&packed, t + k, 4);
+      const __m512i tk = _mm512_set1_epi32(static_cast<int32_t>(packed));
+      // lane L, dword i of acc_p holds feature 16 L + 4 p + i
+      acc0 = _mm512_dpbusd_epi32(acc0, _mm512_unpacklo_epi16(a, c), tk);
+      acc1 = _mm512_dpbusd_epi32(acc1, _mm512_unpackhi_epi16(a, c), tk);
+      acc2 = _mm512_dpbusd_epi32(acc2, _mm512_unpacklo_epi16(b, d), tk);
+      acc3 = _mm512_dpbusd_epi32(acc3, _mm512_unpackhi_epi16(b, d), tk);
+    }
+    // Transpose the 4 x 4 grid of 128-bit lanes: output block L = lane L of acc0..acc3.
+    const __m512i x0 = _mm512_shuffle_i64x2(acc0, acc1, 0x44), x1 = _mm512_shuffle_i64x2(acc2, acc3, 0x44);
+    const __m512i x2 = _mm512_shuffle_i64x2(acc0, acc1, 0xEE), x3 = _mm512_shuffle_i64x2(acc2, acc3, 0xEE);
+    int32_t* out = G + (j - c0);
+    _mm512_storeu_si512(out, _mm512_shuffle_i64x2(x0, x1, 0x88));
+    _mm512_storeu_si512(out + 16, _mm512_shuffle_i64x2(x0, x1, 0xDD));
+    _mm512_storeu_si512(out + 32, _mm512_shuffle_i64x2(x2, x3, 0x88));
+    _mm512_storeu_si512(out + 48, _mm512_shuffle_i64x2(x2, x3, 0xDD));
+  }
+}
+
+void int_gemv_t(const uint8_t* const* index, const uint8_t* const* up, const int8_t* t, int64_t nrows, int64_t c0,
+                int64_t c1, int bits, int32_t* G) {
+  switch (bits) {
+    case 1: return int_gemv_t_bits<1>(index, up, t, nrows, c0, c1, G);
+    case 2: return int_gemv_t_bits<2>(index, up, t, nrows, c0, c1, G);
+    case 4: return int_gemv_t_bits<4>(index, up, t, nrows, c0, c1, G);
+    default: return int_gemv_t_bits<8>(index, up, t, nrows, c0, c1, G);
+  }
+}
+
+template <int BITS>
+void decode_uniform_bits(const uint8_t* index, const uint8_t* up, int64_t c0, int64_t c1, float* out) {
+  constexpr int K = 1 << BITS;
+  const __m512 step = _mm512_set1_ps(1.0f / static_cast<float>(K - 1));
+  const __m512i shift = _mm512_set1_epi32(K - 1);
+  for (int64_t j = c0; j < c1; j += 64) {
+    alignas(64) uint8_t codes[64];
+    _mm512_store_si512(codes, decode64<BITS>(index, up, j));
+    for (int q = 0; q < 4 && j + 16 * q < c1; ++q) {
+      const __m512i c = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(codes + 16 * q)));
+      const __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(c, c), shift)), step);
+      const int64_t left = c1 - (j + 16 * q);
+      _mm512_mask_storeu_ps(out + (j - c0) + 16 * q, left >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1), v);
+    }
+  }
+}
+
+void decode_uniform(const uint8_t* index, const uint8_t* up, int64_t c0, int64_t c1, int bits, float* out) {
+  switch (bits) {
+    case 1: return decode_uniform_bits<1>(index, up, c0, c1, out);
+    case 2: return decode_uniform_bits<2>(index, up, c0, c1, out);
+    case 4: return decode_uniform_bits<4>(index, up, c0, c1, out);
+    case 8: return decode_uniform_bits<8>(index, up, c0, c1, out);
+    default: return decode_uniform_scalar(index, up, c0, c1, bits, out);
+  }
+}
+
+// hi:lo = a * b for 16 lanes of 32 bits.
+inline void mulhilo(__m512i a, __m512i b, __m512i& hi, __m512i& lo) {
+  const __m512i even = _mm512_mul_epu32(a, b);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), _mm512_srli_epi64(b, 32));
+  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+}
+
+// Philox4x32-10 of 16 counters (c0 + lane, c1, c2, c3) under key (k0, k1), as kernels/common/philox.h.
+inline void philox16(__m512i c0, __m512i c1, __m512i c2, __m512i c3, uint32_t k0, uint32_t k1, __m512i out[4]) {
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int32_t>(0xD2511F53u));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int32_t>(0xCD9E8D57u));
+  for (int round = 0; round < 10; ++round) {
+    if (round > 0) {
+      k0 += 0x9E3779B9u;
+      k1 += 0xBB67AE85u;
+    }
+    __m512i hi0, lo0, hi1, lo1;
+    mulhilo(m0, c0, hi0, lo0);
+    mulhilo(m1, c2, hi1, lo1);
+    c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int32_t>(k0)), 0x96);
+    c1 = lo1;
+    c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int32_t>(k1)), 0x96);
+    c3 = lo0;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+// The Philox words of the 64 elements j .. j + 63 (j a multiple of 4) of stream (seed, offset), in
+// element order; false (nothing written) when the 32-bit low counter word would wrap inside.
+inline bool words64(uint64_t seed, uint64_t offset, uint64_t j, __m512i ordered[4]) {
+  const uint64_t block = j >> 2;
+  if ((block & 0xFFFFFFFFu) > 0xFFFFFFFFu - 15) return false;
+  __m512i words[4];
+  philox16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(block)),
+                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
+           _mm512_set1_epi32(static_cast<int32_t>(block >> 32)), _mm512_set1_epi32(static_cast<int32_t>(offset)),
+           _mm512_set1_epi32(static_cast<int32_t>(offset >> 32)), static_cast<uint32_t>(seed),
+           static_cast<uint32_t>(seed >> 32), words);
+  // words[w] lane i is the word of element 4 i + w: transpose to element order.
+  const __m512i t01l = _mm512_unpacklo_epi32(words[0], words[1]), t01h = _mm512_unpackhi_epi32(words[0], words[1]);
+  const __m512i t23l = _mm512_unpacklo_epi32(words[2], words[3]), t23h = _mm512_unpackhi_epi32(words[2], words[3]);
+  const __m512i u0 = _mm512_unpacklo_epi64(t01l, t23l), u1 = _mm512_unpackhi_epi64(t01l, t23l);
+  const __m512i u2 = _mm512_unpacklo_epi64(t01h, t23h), u3 = _mm512_unpackhi_epi64(t01h, t23h);
+  const __m512i x0 = _mm512_shuffle_i64x2(u0, u1, 0x44), x1 = _mm512_shuffle_i64x2(u2, u3, 0x44);
+  const __m512i x2 = _mm512_shuffle_i64x2(u0, u1, 0xEE), x3 = _mm512_shuffle_i64x2(u2, u3, 0xEE);
+  ordered[0] = _mm512_shuffle_i64x2(x0, x1, 0x88);
+  ordered[1] = _mm512_shuffle_i64x2(x0, x1, 0xDD);
+  ordered[2] = _mm512_shuffle_i64x2(x2, x3, 0x88);
+  ordered[3] = _mm512_shuffle_i64x2(x2, x3, 0xDD);
+  return true;
+}
+
+void philox_words(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uint32_t* out) {
+  int64_t i = 0;
+  // Up to the first multiple of 4, and after the last whole group of 64: the scalar loop.
+  const int64_t lead = std::min<int64_t>(n, (4 - static_cast<int64_t>(first & 3)) & 3);
+  philox_words_scalar(seed, offset, first, lead, out);
+  i = lead;
+  for (; i + 64 <= n; i += 64) {
+    __m512i ordered[4];
+    if (!words64(seed, offset, first + i, ordered)) break;
+    for (int q = 0; q < 4; ++q) _mm512_storeu_si512(out + i + 16 * q, ordered[q]);
+  }
+  philox_words_scalar(seed, offset, first + i, n - i, out + i);
+}
+
+int64_t quantize_symmetric(const float* v, int64_t begin, int64_t end, float scale, int bits, uint64_t seed,
+                           uint64_t offset, float* out_f, int8_t* out_i) {
+  const kernel::Levels grid = symmetric_grid(bits);
+  const int count = grid.count, half = symmetric_half(bits);
+  const __m512 inv = _mm512_set1_ps(kernel::inverse_scale(scale));
+  const __m512 half_span = _mm512_set1_ps(0.5f * static_cast<float>(count - 1));
+  const __m512 step = _mm512_set1_ps(grid.step()), s = _mm512_set1_ps(scale);
+  const __m512i top = _mm512_set1_epi32(count - 2);
+  __m512i level_sum = _mm512_setzero_si512();
+  int64_t j = begin;
+  for (; j + 64 <= end; j += 64) {
+    __m512i ordered[4];
+    if (!words64(seed, offset, static_cast<uint64_t>(j), ordered)) break;  // the counter would wrap: scalar
+    for (int q = 0; q < 4; ++q) {
+      const int64_t at = j + 16 * q;
+      // v = clamp(x / s, -1, 1); t = (v + 1) (K - 1) / 2; j = min(trunc t, K - 2); up iff u24 < t - j
+      const __m512 x = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(v + at), inv), _mm512_set1_ps(-1.0f)),
+                                     _mm512_set1_ps(1.0f));
+      const __m512 t = _mm512_mul_ps(_mm512_add_ps(x, _mm512_set1_ps(1.0f)), half_span);
+      const __m512i lower = _mm512_min_epi32(_mm512_cvttps_epi32(t), top);
+      const __m512 frac = _mm512_sub_ps(t, _mm512_cvtepi32_ps(lower));
+      const __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(ordered[q], 8)),
+                                     _mm512_set1_ps(5.9604644775390625e-08f));
+      const __m512i code = _mm512_mask_add_epi32(lower, _mm512_cmp_ps_mask(u, frac, _CMP_LT_OQ), lower,
+                                                 _mm512_set1_epi32(1));
+      if (out_f) {
+        const __m512i signed_level = _mm512_sub_epi32(_mm512_add_epi32(code, code), _mm512_set1_epi32(count - 1));
+        _mm512_storeu_ps(out_f + at, _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(signed_level), step), s));
+      }
+      const __m512i level = _mm512_sub_epi32(code, _mm512_set1_epi32(half));
+      level_sum = _mm512_add_epi32(level_sum, level);
+      if (out_i) _mm_storeu_si128(reinterpret_cast<__m128i*>(out_i + at), _mm512_cvtepi32_epi8(level));
+    }
+  }
+  // |level| < 2^15 and at most 2^16 lanes' worth per call in practice; reduce in 64 bits anyway.
+  int64_t sum = _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(level_sum))) +
+                _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(level_sum, 1)));
+  if (j < end) sum += quantize_symmetric_scalar(v, j, end, scale, bits, seed, offset, out_f, out_i);
+  return sum;
+}
+
+}  // namespace avx512
+}  // namespace zipml::linear
+
+#pragma GCC pop_options
+#pragma GCC diagnostic pop
+
+namespace zipml::linear {
+
+const Kernels* avx512_kernels() {
+  static const Kernels k{"avx512",           avx512::dot_impl,   avx512::dot_chunks_impl,
+                         avx512::gemv_t_impl, avx512::int_dot,    avx512::int_gemv_t,
+                         avx512::quantize_symmetric, avx512::max_abs_impl,   avx512::decode_uniform,
+                         avx512::philox_words};
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                         __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+  return ok ? &k : nullptr;
+}
+
+}  // namespace zipml::linear

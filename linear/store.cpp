@@ -1,0 +1,161 @@
+#include "store.h"
+
+#include <algorithm>
+#include <string>
+
+#include "../kernels/common/pack.h"
+#include "../kernels/common/philox.h"
+#include "dataset.h"
+#include "kernels.h"
+#include "team.h"
+
+namespace zipml::linear {
+
+namespace {
+
+// n codes (n a multiple of 8) packed LSB-first at `bits` bits each: kernel::pack_byte, with direct
+// loops for the widths that never straddle a byte.
+void pack_codes(const uint8_t* codes, int64_t n, int bits, uint8_t* out) {
+  const int64_t bytes = n * bits / 8;
+  switch (bits) {
+    case 0: return;
+    case 1:
+      for (int64_t b = 0; b < bytes; ++b) {
+        unsigned v = 0;
+        for (int i = 0; i < 8; ++i) v |= static_cast<unsigned>(codes[8 * b + i]) << i;
+        out[b] = static_cast<uint8_t>(v);
+      }
+      return;
+    case 2:
+      for (int64_t b = 0; b < bytes; ++b)
+        out[b] = static_cast<uint8_t>(codes[4 * b] | codes[4 * b + 1] << 2 | codes[4 * b + 2] << 4 | codes[4 * b + 3] << 6);
+      return;
+    case 4:
+      for (int64_t b = 0; b < bytes; ++b) out[b] = static_cast<uint8_t>(codes[2 * b] | codes[2 * b + 1] << 4);
+      return;
+    case 8: std::copy(codes, codes + n, out); return;
+    default:
+      for (int64_t b = 0; b < bytes; ++b) out[b] = kernel::pack_byte(codes, n, bits, b);
+  }
+}
+
+}  // namespace
+
+SampleStore SampleStore::build(const float* u, int64_t rows, int64_t cols, FeatureLevels levels, int samples,
+                               int copies, bool nearest, uint64_t seed, int threads) {
+  if (samples < 1 || samples > 64) throw InputError("samples must be from 1 to 64, got " + std::to_string(samples));
+  if (copies < 1) throw InputError("copies must be at least 1, got " + std::to_string(copies));
+  if (nearest && (samples != 1 || copies != 1))
+    throw InputError("nearest rounding is deterministic: it stores one sample and one copy");
+  SampleStore s;
+  s.rows_ = rows;
+  s.cols_ = cols;
+  s.cols_padded_ = (cols + 7) / 8 * 8;
+  s.index_bits_ = kernel::interval_bits(levels.count);
+  s.samples_ = samples;
+  s.copies_ = copies;
+  s.nearest_ = nearest;
+  s.levels_ = std::move(levels);
+  s.index_bytes_ = s.cols_padded_ * s.index_bits_ / 8;
+  s.plane_bytes_ = s.cols_padded_ / 8;
+  s.record_bytes_ = s.index_bytes_ + samples * s.plane_bytes_;
+  s.data_.assign(static_cast<size_t>(copies * rows * s.record_bytes_ + 64), 0);
+
+  s.seed_ = seed;
+  parallel_for(threads, rows, [&](int64_t begin, int64_t end) { s.fill(u, begin, end, copies, 0); });
+  return s;
+}
+
+void SampleStore::redraw(const float* u, int64_t realisation, int64_t row0, int64_t row1) {
+  if (copies_ != 1 || nearest_) throw InputError("redraw needs a stochastic store of one copy");
+  fill(u, row0, row1, 1, realisation);
+}
+
+// The interval index and fraction of a value do not depend on the sample: locate once per row,
+// pack the index once for every slot, then draw each sample's round-up bits.
+void SampleStore::fill(const float* u, int64_t row0, int64_t row1, int slots, int64_t first_realisation) {
+  const int64_t padded = cols_padded_;
+  const Kernels& k = active_kernels();
+  std::vector<uint8_t> index(padded, 0), up(padded, 0), packed(index_bytes_);
+  std::vector<float> frac(cols_);
+  std::vector<uint32_t> words(cols_);
+  for (int64_t row = row0; row < row1; ++row) {
+    for (int64_t c = 0; c < cols_; ++c) {
+      const kernel::Levels lv = levels_.of(c);
+      const kernel::Interval iv = kernel::locate(kernel::normalize(u[row * cols_ + c], 1.0f, lv), lv);
+      index[c] = static_cast<uint8_t>(iv.index);
+      frac[c] = iv.frac;
+    }
+    pack_codes(index.data(), padded, index_bits_, packed.data());
+    for (int slot = 0; slot < slots; ++slot) {
+      uint8_t* out = data_.data() + (static_cast<int64_t>(slot) * rows_ + row) * record_bytes_;
+      std::copy(packed.begin(), packed.end(), out);
+      for (int sample = 0; sample < samples_; ++sample) {
+        if (nearest_) {
+          for (int64_t c = 0; c < cols_; ++c) up[c] = static_cast<uint8_t>(kernel::round_up(frac[c], kernel::kNearest, 0));
+        } else {
+          const uint64_t stream = static_cast<uint64_t>(first_realisation + slot) * samples_ + sample;
+          k.philox_words(seed_, stream, static_cast<uint64_t>(row * cols_), cols_, words.data());
+          for (int64_t c = 0; c < cols_; ++c)
+            up[c] = static_cast<uint8_t>(kernel::round_up(frac[c], kernel::kStochastic, words[c]));
+        }
+        pack_codes(up.data(), padded, 1, out + index_bytes_ + sample * plane_bytes_);
+      }
+    }
+  }
+}
+
+int SampleStore::interval(int copy, int64_t row, int64_t col) const {
+  return index_bits_ == 0 ? 0 : kernel::unpack_code(index_plane(copy, row), index_bits_, col);
+}
+
+int SampleStore::code(int copy, int64_t row, int64_t col, int sample) const {
+  return interval(copy, row, col) + ((up_plane(copy, row, sample)[col >> 3] >> (col & 7)) & 1);
+}
+
+void SampleStore::decode_codes(int copy, int64_t row, int sample, int64_t c0, int64_t c1, uint8_t* codes) const {
+  const uint8_t* index = index_plane(copy, row);
+  const uint8_t* up = up_plane(copy, row, sample);
+  const int ib = index_bits_;
+  for (int64_t c = c0; c < c1; ++c) {
+    unsigned j = 0;
+    switch (ib) {
+      case 0: break;
+      case 2: j = (index[c >> 2] >> ((c & 3) * 2)) & 3u; break;
+      case 4: j = (index[c >> 1] >> ((c & 1) * 4)) & 15u; break;
+      case 8: j = index[c]; break;
+      default: j = kernel::unpack_code(index, ib, c);
+    }
+    codes[c - c0] = static_cast<uint8_t>(j + ((up[c >> 3] >> (c & 7)) & 1u));
+  }
+}
+
+void SampleStore::decode_values(int copy, int64_t row, int sample, int64_t c0, int64_t c1, float* values) const {
+  const int bits = levels_.bits;
+  if (levels_.uniform && (bits == 1 || bits == 2 || bits == 4 || bits == 8) && c0 % 64 == 0) {
+    active_kernels().decode_uniform(index_plane(copy, row), up_plane(copy, row, sample), c0, c1, bits, values);
+    return;
+  }
+  uint8_t codes[256];
+  for (int64_t a = c0; a < c1; a += 256) {
+    const int64_t b = std::min(c1, a + 256);
+    decode_codes(copy, row, sample, a, b, codes);
+    if (levels_.uniform) {
+      const kernel::Levels lv{nullptr, levels_.count};
+      for (int64_t c = a; c < b; ++c) values[c - c0] = lv.at(codes[c - a]);
+    } else {
+      for (int64_t c = a; c < b; ++c) values[c - c0] = levels_.table[c * levels_.count + codes[c - a]];
+    }
+  }
+}
+
+void SampleStore::decode_intervals(int copy, int64_t row, int64_t c0, int64_t c1, float* lower, float* width) const {
+  for (int64_t c = c0; c < c1; ++c) {
+    const kernel::Levels lv = levels_.of(c);
+    const int j = interval(copy, row, c);
+    lower[c - c0] = lv.at(j);
+    width[c - c0] = lv.count > 1 ? lv.at(j + 1) - lv.at(j) : 0.0f;
+  }
+}
+
+}  // namespace zipml::linear

@@ -1,0 +1,85 @@
+// The quantized sample store (ZipML, arXiv 1611.05402, Section 4): S independent stochastic
+// samples of every value, stored compactly. All samples of a value v lie in the same interval
+// [L_j, L_j+1] of its feature's levels, so a record keeps the interval index j once plus one
+// round-up bit per sample: sample s has code j + up_s and value L[j + up_s]. Double sampling is
+// S = 2, the Chebyshev estimator of degree d uses S = d + 1, naive sampling S = 1, and nearest
+// rounding S = 1 with the deterministic round-up bit.
+//
+// Every bit is the core's (kernels/common): v = clamp(u, L_0, L_K-1), j and frac by
+// kernel::locate, round up iff uniform24(word) < frac, where word is the Philox4x32-10 word of
+// element (row * cols + col) in stream (seed, offset = copy * S + sample). Copy c of a double-
+// sampled store therefore equals the core's double_sample(u, bits, scale=1, seed, offset=2c).
+//
+// Layout, one record per sample row, records row after row, copies one after another:
+//   [interval index j of each feature, index_bits = ceil(log2(K - 1)) bits each, LSB-first]
+//   [round-up bits of sample 0, 1 bit per feature, LSB-first] ... [of sample S - 1]
+// Features are padded with zeros to a multiple of 8 so every plane starts on a byte. Row-major
+// records stream sequentially; the SIMD kernels decode 64 features per step from them (the index
+// plane by shifts, the round-up plane as a mask) and transpose groups of 4 rows in registers for
+// the gradient, so the same bytes feed both halves of a mini-batch step (linear/int_kernels.h).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "levels.h"
+
+namespace zipml::linear {
+
+class SampleStore {
+ public:
+  SampleStore() = default;
+  // u: rows x cols in [-1, 1] (the scaled training data in training order).
+  static SampleStore build(const float* u, int64_t rows, int64_t cols, FeatureLevels levels, int samples,
+                           int copies, bool nearest, uint64_t seed, int threads);
+
+  // Fresh samples: rewrites rows [row0, row1) of a one-copy stochastic store with the samples of
+  // copy `realisation` of the same seed (what copy `realisation` of a larger store would hold).
+  void redraw(const float* u, int64_t realisation, int64_t row0, int64_t row1);
+
+  int64_t rows() const { return rows_; }
+  int64_t cols() const { return cols_; }
+  int64_t cols_padded() const { return cols_padded_; }
+  int bits() const { return levels_.bits; }
+  int index_bits() const { return index_bits_; }
+  int samples() const { return samples_; }
+  int copies() const { return copies_; }
+  bool nearest() const { return nearest_; }
+  const FeatureLevels& levels() const { return levels_; }
+
+  int64_t index_bytes() const { return index_bytes_; }  // per record
+  int64_t plane_bytes() const { return plane_bytes_; }  // one round-up plane per record
+  int64_t record_bytes() const { return record_bytes_; }
+  int64_t bytes_per_copy() const { return record_bytes_ * rows_; }
+
+  const uint8_t* record(int copy, int64_t row) const {
+    return data_.data() + (static_cast<int64_t>(copy) * rows_ + row) * record_bytes_;
+  }
+  const uint8_t* index_plane(int copy, int64_t row) const { return record(copy, row); }
+  const uint8_t* up_plane(int copy, int64_t row, int sample) const {
+    return record(copy, row) + index_bytes_ + sample * plane_bytes_;
+  }
+
+  // Slow accessors (tests, references): the interval index and the code of one value.
+  int interval(int copy, int64_t row, int64_t col) const;
+  int code(int copy, int64_t row, int64_t col, int sample) const;
+
+  // codes[col] = code of sample `sample` for cols [c0, c1) of one row.
+  void decode_codes(int copy, int64_t row, int sample, int64_t c0, int64_t c1, uint8_t* codes) const;
+  // values[col] = L[code] for cols [c0, c1) of one row.
+  void decode_values(int copy, int64_t row, int sample, int64_t c0, int64_t c1, float* values) const;
+  // lower[col] = L[j] and width[col] = L[j+1] - L[j] of the interval holding each value.
+  void decode_intervals(int copy, int64_t row, int64_t c0, int64_t c1, float* lower, float* width) const;
+
+ private:
+  void fill(const float* u, int64_t row0, int64_t row1, int slots, int64_t first_realisation);
+
+  uint64_t seed_ = 0;
+  int64_t rows_ = 0, cols_ = 0, cols_padded_ = 0;
+  int index_bits_ = 0, samples_ = 0, copies_ = 0;
+  bool nearest_ = false;
+  FeatureLevels levels_;
+  int64_t index_bytes_ = 0, plane_bytes_ = 0, record_bytes_ = 0;
+  std::vector<uint8_t> data_;  // copies * rows * record_bytes, then 64 bytes of slack for SIMD loads
+};
+
+}  // namespace zipml::linear

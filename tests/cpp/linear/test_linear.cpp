@@ -1,0 +1,210 @@
+// GoogleTest suite of the linear solvers (linear/), free of torch and Python: the store against
+// the core's per-element definition, the kernel variants against each other, the unbiasedness of
+// double sampling, training, and the errors of bad input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../../../kernels/common/philox.h"
+#include "../../../kernels/common/quantize.h"
+#include "dataset.h"
+#include "kernels.h"
+#include "solver.h"
+#include "store.h"
+
+namespace zl = zipml::linear;
+namespace zk = zipml::kernel;
+
+namespace {
+
+std::vector<float> uniform_data(int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> u(rows * cols);
+  for (float& v : u) v = dist(gen);
+  return u;
+}
+
+// Stochastic rounding of v on the uniform grid of 2^bits levels, from the definition (ZipML
+// Section 2): the interval by linear scan, round up iff the 24-bit uniform is below the fraction.
+int reference_code(float v, int bits, uint32_t word) {
+  const int k = 1 << bits;
+  const zk::Levels grid{nullptr, k};
+  int j = 0;
+  while (j + 1 < k - 1 && grid.at(j + 1) <= v) ++j;
+  const float t = (v + 1.0f) * (0.5f * static_cast<float>(k - 1));
+  const float frac = t - static_cast<float>(static_cast<int>(t) < k - 2 ? static_cast<int>(t) : k - 2);
+  return j + (static_cast<float>(word >> 8) * 5.9604644775390625e-08f < frac ? 1 : 0);
+}
+
+}  // namespace
+
+TEST(Store, SamplesFollowTheCoresDefinition) {
+  const int64_t rows = 13, cols = 37;
+  const std::vector<float> u = uniform_data(rows, cols, 1);
+  for (int bits : {1, 2, 3, 4, 8}) {
+    const zl::SampleStore s = zl::SampleStore::build(u.data(), rows, cols, zl::FeatureLevels::make_uniform(bits), 2,
+                                                     3, false, 77, 2);
+    EXPECT_EQ(s.record_bytes(), 40 * ((bits == 1 ? 0 : bits) + 2) / 8);
+    for (int copy = 0; copy < 3; ++copy)
+      for (int sample = 0; sample < 2; ++sample)
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t c = 0; c < cols; ++c) {
+            const uint32_t word = zk::philox_word(77, copy * 2 + sample, r * cols + c);
+            ASSERT_EQ(s.code(copy, r, c, sample), reference_code(u[r * cols + c], bits, word))
+                << "bits " << bits << " copy " << copy << " sample " << sample;
+          }
+  }
+}
+
+TEST(Kernels, VariantsAgreeWithTheScalarReference) {
+  const int64_t rows = 8, cols = 200;
+  const std::vector<float> u = uniform_data(rows, cols, 2);
+  std::mt19937 gen(3);
+  std::vector<int8_t> m(256, 0);
+  for (int64_t j = 0; j < cols; ++j) m[j] = static_cast<int8_t>(static_cast<int>(gen() % 255) - 127);
+  const int8_t t[8] = {5, -7, 127, -127, 0, 1, -1, 64};
+  std::vector<const zl::Kernels*> variants{&zl::scalar_kernels()};
+  if (zl::avx2_kernels()) variants.push_back(zl::avx2_kernels());
+  if (zl::avx512_kernels()) variants.push_back(zl::avx512_kernels());
+  for (int bits : {1, 2, 4, 8}) {
+    const zl::SampleStore s = zl::SampleStore::build(u.data(), rows, cols, zl::FeatureLevels::make_uniform(bits), 2,
+                                                     1, false, 9, 1);
+    std::vector<const uint8_t*> index, up;
+    for (int64_t r = 0; r < rows; ++r) {
+      index.push_back(s.index_plane(0, r));
+      up.push_back(s.up_plane(0, r, 1));
+    }
+    for (const zl::Kernels* k : variants) {
+      for (int64_t r = 0; r < rows; ++r) {
+        int64_t want = 0;
+        for (int64_t c = 64; c < cols; ++c) want += s.code(0, r, c, 1) * m[c];
+        EXPECT_EQ(k->int_dot(index[r], up[r], m.data(), 64, cols, bits), want) << k->name << " bits " << bits;
+      }
+      std::vector<int32_t> G(256);  // c1 - c0 rounded up to 64
+      k->int_gemv_t(index.data(), up.data(), t, rows, 0, cols, bits, G.data());
+      for (int64_t c = 0; c < cols; ++c) {
+        int32_t want = 0;
+        for (int64_t r = 0; r < rows; ++r) want += s.code(0, r, c, 1) * t[r];
+        ASSERT_EQ(G[c], want) << k->name << " bits " << bits << " col " << c;
+      }
+    }
+  }
+  const std::vector<float> v = uniform_data(1, 300, 4);
+  std::vector<float> ref_f(300), f(300);
+  std::vector<int8_t> ref_i(300), i8(300);
+  const int64_t ref_sum = zl::scalar_kernels().quantize_symmetric(v.data(), 0, 300, 0.9f, 8, 5, 6, ref_f.data(),
+                                                                  ref_i.data());
+  for (const zl::Kernels* k : variants) {
+    EXPECT_EQ(k->quantize_symmetric(v.data(), 0, 300, 0.9f, 8, 5, 6, f.data(), i8.data()), ref_sum) << k->name;
+    EXPECT_EQ(f, ref_f) << k->name;
+    EXPECT_EQ(i8, ref_i) << k->name;
+    EXPECT_EQ(k->dot(v.data(), ref_f.data(), 300), zl::scalar_kernels().dot(v.data(), ref_f.data(), 300)) << k->name;
+  }
+}
+
+TEST(Solver, DoubleSampledGradientIsUnbiasedAndNaiveIsNot) {
+  const int64_t cols = 8, draws = 3000;
+  const std::vector<float> a = uniform_data(1, cols, 5);
+  const float y = 0.25f;
+  std::vector<float> w(cols);
+  for (int64_t j = 0; j < cols; ++j) w[j] = 1.5f * a[(j + 3) % cols];
+  double residual = -y;
+  for (int64_t j = 0; j < cols; ++j) residual += static_cast<double>(a[j]) * w[j];
+  auto worst_z = [&](zl::Sampling sampling) {
+    zl::Options o;
+    o.sampling = sampling;
+    o.bits = 2;
+    o.copies = draws;
+    o.scale = false;
+    o.batch_size = 1;
+    o.fit_intercept = false;
+    zl::Trainer t(a.data(), &y, 1, cols, o);
+    std::vector<double> sum(cols, 0.0), sum_sq(cols, 0.0);
+    for (int c = 0; c < draws; ++c) {
+      const std::vector<double> g = t.gradient(w, 0.0, 0, 1, c, 0).first;
+      for (int64_t j = 0; j < cols; ++j) {
+        sum[j] += g[j];
+        sum_sq[j] += g[j] * g[j];
+      }
+    }
+    double worst = 0.0;
+    for (int64_t j = 0; j < cols; ++j) {
+      const double mean = sum[j] / draws, var = sum_sq[j] / draws - mean * mean;
+      worst = std::max(worst, std::fabs(mean - a[j] * residual) / std::sqrt(var / draws + 1e-30));
+    }
+    return worst;
+  };
+  EXPECT_LT(worst_z(zl::Sampling::Double), 5.0);
+  EXPECT_GT(worst_z(zl::Sampling::Naive), 10.0);
+}
+
+TEST(Solver, DoubleSamplingReachesTheFp32Loss) {
+  const int64_t rows = 1500, cols = 10;
+  std::mt19937 gen(6);
+  std::normal_distribution<float> normal;
+  std::vector<float> x(rows * cols), y(rows);
+  for (float& v : x) v = normal(gen);
+  for (int64_t r = 0; r < rows; ++r) {
+    y[r] = normal(gen);
+    for (int64_t c = 0; c < cols; ++c) y[r] += (c % 3 - 1.0f) * x[r * cols + c];
+  }
+  zl::Options o;
+  o.epochs = 20;
+  o.batch_size = 8;
+  o.step_size = 0.1;
+  o.schedule = zl::Schedule::Inverse;
+  o.decay = 0.5;
+  o.copies = 8;
+  o.sampling = zl::Sampling::FP32;
+  const double fp32 = zl::Trainer(x.data(), y.data(), rows, cols, o).fit().loss_history.back();
+  o.sampling = zl::Sampling::Double;
+  o.bits = 3;
+  const zl::Result r = zl::Trainer(x.data(), y.data(), rows, cols, o).fit();
+  EXPECT_LT(r.loss_history.back(), 1.01 * fp32);
+  EXPECT_EQ(r.loss_history.size(), 21u);
+  EXPECT_EQ(r.bytes_read[0], rows * (16 * 5 / 8 + 4));
+}
+
+TEST(Input, ErrorsNameTheArgumentOrFileAndLine) {
+  const float x[4] = {1, 2, NAN, 4}, y[2] = {1, -1};
+  EXPECT_THROW(zl::Trainer(x, y, 2, 2, zl::Options()), zl::InputError);
+  try {
+    zl::Trainer(x, y, 2, 2, zl::Options());
+  } catch (const zl::InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("X contains NaN or Inf (at row 1, column 0)"), std::string::npos);
+  }
+  const float ok[4] = {1, 2, 3, 4}, bad_labels[2] = {0.5f, 1};
+  zl::Options o;
+  o.loss = zl::Loss::Hinge;
+  EXPECT_THROW(zl::Trainer(ok, bad_labels, 2, 2, o), zl::InputError);
+  o = zl::Options();
+  o.bits = 9;
+  EXPECT_THROW(zl::Trainer(ok, y, 2, 2, o), zl::InputError);
+  EXPECT_THROW(zl::Trainer(ok, y, 0, 2, zl::Options()), zl::InputError);
+
+  const std::string path = testing::TempDir() + "zipml_linear_bad.svm";
+  std::ofstream(path) << "1 1:0.5\n-1 3:2 2:1\n";
+  try {
+    zl::read_libsvm(path);
+    FAIL() << "no error";
+  } catch (const zl::InputError& e) {
+    EXPECT_EQ(std::string(e.what()), path + ":2: feature indices must be ascending, got 2 after 3");
+  }
+  const std::string csv = testing::TempDir() + "zipml_linear_bad.csv";
+  std::ofstream(csv) << "a,b,y\n1,2,3\n4,5\n";
+  try {
+    zl::read_csv(csv);
+    FAIL() << "no error";
+  } catch (const zl::InputError& e) {
+    EXPECT_EQ(std::string(e.what()), csv + ":3: expected 3 fields, found 2");
+  }
+  EXPECT_THROW(zl::read_libsvm(testing::TempDir() + "absent.svm"), zl::FileError);
+  std::remove(path.c_str());
+  std::remove(csv.c_str());
+}
