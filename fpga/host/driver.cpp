@@ -119,12 +119,14 @@ TrainResult train(const float* u, const float* y, int64_t rows, int64_t cols, co
   data.cols = cols;
   data.labels.resize(rows);
   for (int64_t r = 0; r < rows; ++r) data.labels[r] = to_fixed((y[r] - res.label_offset) / res.label_scale);
-  const bool fresh = o.copies == 0 && o.bits != kFloatBits;
+  const bool quantized = o.bits != kFloatBits;
+  const bool fresh = o.copies == 0 && quantized && o.sampling != Sampling::Nearest;
   res.bytes_per_copy = rows * lines_per_row(o.bits, cols) * (Line::kBits / 8);
   // Fresh samples: every epoch's realisation stored at once (ZipML's indices) if they fit, else
   // one kernel call per epoch, the model carried from call to call (the same bits either way).
   const bool one_call = !fresh || res.bytes_per_copy * o.epochs <= o.max_layout_bytes;
-  const int copies = o.bits == kFloatBits ? 1 : fresh ? (one_call ? std::max(o.epochs, 1) : 1) : o.copies;
+  const int copies = !quantized || o.sampling == Sampling::Nearest ? 1 : fresh ? (one_call ? std::max(o.epochs, 1) : 1)
+                                                                             : o.copies;
 
   SgdConfig cfg;
   cfg.rows = static_cast<uint32_t>(rows);
@@ -145,7 +147,7 @@ TrainResult train(const float* u, const float* y, int64_t rows, int64_t cols, co
       for (float v : data.values)
         if (!(v >= -1.0f && v <= 1.0f)) throw std::invalid_argument("u must lie in [-1, 1]");
     } else {
-      quantize_double_sampled(u, rows, cols, o.bits, copies, o.seed, first_realisation, data.codes);
+      quantize_codes(u, rows, cols, o.bits, copies, o.seed, first_realisation, o.sampling, data.codes);
     }
     return pack_lines(data);
   };

@@ -32,6 +32,7 @@ KernelRun run_kernel(int bits, int lanes, const std::vector<Line>& lines, const 
 // Training from scaled data, as the estimators' device="fpga-sim" backend runs it.
 struct TrainOptions {
   int bits = 8;               // 1, 2, 4, 8, or 32 (the float design)
+  Sampling sampling = Sampling::Double;  // of the b-bit designs' data (layout.h)
   int lanes = 0;              // 0: the design's default
   Loss loss = Loss::LeastSquares;
   int epochs = 10;

@@ -50,11 +50,13 @@ int64_t lines_per_row(int bits, int64_t cols) {
   throw std::invalid_argument("bits must be one of 1, 2, 4, 8 or 32 (float), got " + std::to_string(bits));
 }
 
-void quantize_double_sampled(const float* u, int64_t rows, int64_t cols, int bits, int copies, uint64_t seed,
-                             int64_t first_realisation, std::vector<uint8_t> (&codes)[2]) {
+void quantize_codes(const float* u, int64_t rows, int64_t cols, int bits, int copies, uint64_t seed,
+                    int64_t first_realisation, Sampling sampling, std::vector<uint8_t> (&codes)[2]) {
   if (bits != 1 && bits != 2 && bits != 4 && bits != 8)
     throw std::invalid_argument("bits must be one of 1, 2, 4, 8 for quantized data, got " + std::to_string(bits));
+  if (copies < 1) throw std::invalid_argument("copies must be >= 1, got " + std::to_string(copies));
   const kernel::Levels levels{nullptr, 1 << bits};
+  const int samples = sampling == Sampling::Double ? 2 : 1;
   for (auto& c : codes) c.assign(static_cast<size_t>(copies * rows * cols), 0);
   std::vector<kernel::Interval> located(static_cast<size_t>(cols));
   for (int64_t r = 0; r < rows; ++r) {
@@ -66,18 +68,27 @@ void quantize_double_sampled(const float* u, int64_t rows, int64_t cols, int bit
       located[k] = kernel::locate(kernel::normalize(x, 1.0f, levels), levels);
     }
     for (int c = 0; c < copies; ++c)
-      for (int s = 0; s < 2; ++s) {
-        const uint64_t stream = static_cast<uint64_t>(first_realisation + c) * 2 + s;
+      for (int s = 0; s < samples; ++s) {
+        // the stream of sample s of realisation first_realisation + c, as linear/store.cpp numbers them
+        const uint64_t stream = static_cast<uint64_t>(first_realisation + c) * samples + s;
         uint8_t* out = codes[s].data() + (c * rows + r) * cols;
         kernel::Philox4 block{};
         for (int64_t k = 0; k < cols; ++k) {
           const uint64_t index = static_cast<uint64_t>(r * cols + k);
-          if (k == 0 || (index & 3) == 0) block = kernel::philox_block(seed, stream, index >> 2);
+          if (sampling != Sampling::Nearest && (k == 0 || (index & 3) == 0))
+            block = kernel::philox_block(seed, stream, index >> 2);
           const kernel::Interval& at = located[k];
-          out[k] = static_cast<uint8_t>(at.index + kernel::round_up(at.frac, kernel::kStochastic, block.v[index & 3]));
+          const int rounding = sampling == Sampling::Nearest ? kernel::kNearest : kernel::kStochastic;
+          out[k] = static_cast<uint8_t>(at.index + kernel::round_up(at.frac, rounding, block.v[index & 3]));
         }
       }
   }
+  if (samples == 1) codes[1] = codes[0];
+}
+
+void quantize_double_sampled(const float* u, int64_t rows, int64_t cols, int bits, int copies, uint64_t seed,
+                             int64_t first_realisation, std::vector<uint8_t> (&codes)[2]) {
+  quantize_codes(u, rows, cols, bits, copies, seed, first_realisation, Sampling::Double, codes);
 }
 
 int32_t to_fixed(double v) {

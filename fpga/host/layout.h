@@ -20,6 +20,13 @@ int64_t lines_per_row(int bits, int64_t cols);
 void quantize_double_sampled(const float* u, int64_t rows, int64_t cols, int bits, int copies, uint64_t seed,
                              int64_t first_realisation, std::vector<uint8_t> (&codes)[2]);
 
+// The linear solvers' other sampling modes, for the same layout (both slots of a value hold one
+// code): naive, one stochastic sample in stream (seed, realisation) used in both factors of the
+// gradient (biased, Section 3); nearest, deterministic rounding (the rounded data's optimum).
+enum class Sampling { Double, Naive, Nearest };
+void quantize_codes(const float* u, int64_t rows, int64_t cols, int bits, int copies, uint64_t seed,
+                    int64_t first_realisation, Sampling sampling, std::vector<uint8_t> (&codes)[2]);
+
 // Q8.23 of a label, rounded to nearest, saturated.
 int32_t to_fixed(double v);
 inline double from_fixed(int64_t v) { return static_cast<double>(v) / static_cast<double>(kOne); }

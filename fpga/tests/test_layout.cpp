@@ -128,6 +128,23 @@ TEST(Layout, CodesAreTheCoresDoubleSampling) {
           ASSERT_EQ(codes[s][c * rows * cols + i], want) << "bits " << bits << " copy " << c << " sample " << s;
         }
   }
+  // naive: one stochastic sample in stream (seed, realisation); nearest: deterministic rounding
+  for (int bits : {1, 4}) {
+    std::vector<uint8_t> naive[2], nearest[2];
+    quantize_codes(u.data(), rows, cols, bits, 2, 42, 5, Sampling::Naive, naive);
+    quantize_codes(u.data(), rows, cols, bits, 1, 42, 0, Sampling::Nearest, nearest);
+    const zipml::kernel::Levels levels{nullptr, 1 << bits};
+    EXPECT_EQ(naive[0], naive[1]);
+    EXPECT_EQ(nearest[0], nearest[1]);
+    for (int c = 0; c < 2; ++c)
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        const uint32_t word = zipml::kernel::philox_word(42, static_cast<uint64_t>(5 + c), static_cast<uint64_t>(i));
+        ASSERT_EQ(naive[0][c * rows * cols + i], zipml::kernel::quantize_code(u[i], 1.0f, levels, zipml::kernel::kStochastic, word));
+        if (c == 0) {
+          ASSERT_EQ(nearest[0][i], zipml::kernel::quantize_code(u[i], 1.0f, levels, zipml::kernel::kNearest, 0));
+        }
+      }
+  }
   std::vector<uint8_t> codes[2];
   std::vector<float> bad(u);
   bad[3] = 1.5f;
@@ -187,6 +204,12 @@ TEST(Layout, CodesEqualTheLinearSampleStore) {
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t k = 0; k < cols; ++k)
             ASSERT_EQ(codes[s][(c * rows + r) * cols + k], store.code(c, r, k, s)) << "bits " << bits;
+    const auto naive_store = zipml::linear::SampleStore::build(
+        u.data(), rows, cols, zipml::linear::FeatureLevels::make_uniform(bits), 1, 2, false, 77, 1);
+    quantize_codes(u.data(), rows, cols, bits, 2, 77, 0, Sampling::Naive, codes);
+    for (int c = 0; c < 2; ++c)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < cols; ++k) ASSERT_EQ(codes[0][(c * rows + r) * cols + k], naive_store.code(c, r, k, 0));
   }
 }
 #endif
