@@ -116,7 +116,8 @@ def hardware_options(options: dict, platform: str = "harp_v1", lanes: int = 0):
     return kernel, step_used, l2_used
 
 
-def train(X, y, options: dict, *, platform: str = "harp_v1", lanes: int = 0) -> dict:
+def train(X, y, options: dict, *, platform: str = "harp_v1", lanes: int = 0, halve_every: int = 0,
+          max_layout_bytes: int = None) -> dict:
     """Trains a linear model with the accelerator's C simulation (device="fpga-sim").
 
     Args:
@@ -128,6 +129,11 @@ def train(X, y, options: dict, *, platform: str = "harp_v1", lanes: int = 0) -> 
             "alveo_u250"): the simulated memory delivers its bytes per clock, and clocks become
             seconds at its clock rate. Both platforms' figures are assumptions (platforms()).
         lanes: 0 for the design's default lanes (1 bit: 128 or 256).
+        halve_every: > 0 halves the step every this many epochs (one more shift, as ZipML's FPGA
+            decays its step); overrides the schedule.
+        max_layout_bytes: with fresh samples (copies=0), all epochs' quantizations are laid out
+            for one kernel call if they fit in this many bytes (default 1 GiB), else one call per
+            epoch carries the model from call to call (the same bits either way).
 
     Returns: the keys of Trainer.fit() (w and w0 on the scaled features, coef and intercept on the
     original ones, loss_history before training and after every epoch, bytes_read, epoch_seconds =
@@ -135,6 +141,12 @@ def train(X, y, options: dict, *, platform: str = "harp_v1", lanes: int = 0) -> 
     platform, design, kernel_stats.
     """
     kernel_options, step_used, l2_used = hardware_options(options, platform, lanes)
+    if halve_every:
+        if int(halve_every) < 0:
+            raise ValueError(f"halve_every must be >= 0, got {halve_every}")
+        kernel_options["decay_every"] = int(halve_every)
+    if max_layout_bytes is not None:
+        kernel_options["max_layout_bytes"] = int(max_layout_bytes)
     X = np.ascontiguousarray(X, dtype=np.float32)
     y = np.ascontiguousarray(y, dtype=np.float32)
     # The Trainer prepares the data exactly as the software solver does (scaling, training order)

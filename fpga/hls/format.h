@@ -23,9 +23,11 @@
 //   e = z - b (least squares, LS-SVM);  2 (z - b) if b z < 1 else 0 (L2-SVM, b = +-1);
 //       sigmoid_lut(z) - [b > 0] (logistic, b = +-1)               then saturated to int32
 //   h = floor(e 2^G / D)                                           (G = 23 guard bits)
-//   x_k <- sat32(x_k - asr(h t2_k, s + G) - (l2 ? asr(x_k, l2) : 0)),   x0 <- sat32(x0 - asr(e, s))
-// with step 2^-s. So x_k moves by 2^-s e t2_k / D, the double-sampled gradient of Section 4 with the
-// residual e, rounded toward -infinity at the resolution 2^-23.
+//   x_k <- sat32(x_k - rnd(h t2_k / 2^(s + G)) - (r ? rnd(x_k / 2^r) : 0)),   x0 <- sat32(x0 - rnd(e / 2^s))
+// with step 2^-s, ridge shift r (epoch_ridge_shift) and rnd rounding to nearest (add half, shift: a
+// carry-in). So x_k moves by 2^-s e t2_k / D, the double-sampled gradient of Section 4 with the
+// residual e, at the resolution 2^-23. The updates round to nearest because they accumulate: a
+// floor would push every weight by half a unit per row, which at small steps stalls SGD visibly.
 #pragma once
 #include <cstdint>
 
@@ -133,12 +135,12 @@ RowScalar row_scalar(int64_t dot_sum, int32_t x0, int32_t label, Loss loss) {
 }
 
 // One lane of the update; |h t2| <= 2^54 since |t2| <= D.
-inline int32_t lane_update(int32_t x, int64_t h, int32_t t2, int shift, int l2_shift) {
-  const int64_t ridge = l2_shift > 0 ? asr(x, l2_shift) : 0;
-  return sat32(static_cast<int64_t>(x) - asr(h * t2, shift + kGuard) - ridge);
+inline int32_t lane_update(int32_t x, int64_t h, int32_t t2, int shift, int ridge_shift) {
+  const int64_t ridge = ridge_shift > 0 ? rshift_round(x, ridge_shift) : 0;
+  return sat32(static_cast<int64_t>(x) - rshift_round(h * t2, shift + kGuard) - ridge);
 }
 
-inline int32_t intercept_update(int32_t x0, int32_t e, int shift) { return sat32(static_cast<int64_t>(x0) - asr(e, shift)); }
+inline int32_t intercept_update(int32_t x0, int32_t e, int shift) { return sat32(static_cast<int64_t>(x0) - rshift_round(e, shift)); }
 
 // The model written after every epoch: ceil((n + 1) / 16) lines of 16 int32 words, the features'
 // weights then the intercept (word n).
@@ -154,7 +156,7 @@ struct SgdConfig {
   uint32_t step_shift = 12;    // step 2^-(step_shift + (first_epoch + e) / decay_every)
   uint32_t decay_every = 0;    // 0: constant step
   uint32_t first_epoch = 0;    // the epoch number of this call's first epoch (for the decay)
-  uint32_t l2_shift = 0;       // 0: no ridge; else x -= asr(x, l2_shift) every row
+  uint32_t l2_shift = 0;       // 0: no ridge; else x -= asr(x, l2_shift) every row (+1 per step halving)
   uint32_t loss = 0;           // Loss
   uint32_t fit_intercept = 1;
   uint32_t load_model = 0;     // 1: start from model_in (model_lines(n) lines), else from zero
@@ -162,6 +164,14 @@ struct SgdConfig {
 
 inline int epoch_shift(const SgdConfig& c, uint32_t epoch) {
   return static_cast<int>(c.step_shift + (c.decay_every ? (c.first_epoch + epoch) / c.decay_every : 0));
+}
+
+// The ridge shift of an epoch: it grows with the step's shift, so the ridge keeps its ratio to the
+// step (the objective stays the same while the step decays). 0: no ridge.
+inline int epoch_ridge_shift(const SgdConfig& c, uint32_t epoch) {
+  if (c.l2_shift == 0) return 0;
+  const int s = static_cast<int>(c.l2_shift) + epoch_shift(c, epoch) - static_cast<int>(c.step_shift);
+  return s > 62 ? 62 : s;
 }
 
 }  // namespace zipml::fpga

@@ -92,6 +92,9 @@ class Fifo {
 // (C++20 defines it; GCC, Clang and the HLS front ends always did): asr rounds toward -infinity.
 inline int64_t asr(int64_t x, int s) { return x >> s; }
 
+// x / 2^s rounded to nearest, ties toward +infinity: add half, then shift (a carry-in in hardware).
+inline int64_t rshift_round(int64_t x, int s) { return s > 0 ? (x + (int64_t{1} << (s - 1))) >> s : x; }
+
 // Floor division by a positive constant (rounds toward -infinity, as asr does for powers of two).
 // In hardware a division by a compile-time constant is a multiply by its reciprocal.
 inline int64_t floor_div(int64_t a, int64_t d) {

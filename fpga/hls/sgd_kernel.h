@@ -110,7 +110,6 @@ void sgd_kernel(const Line* data, const Line* model_in, Line* model_out, const S
   const int64_t stored_words = groups * LANES;  // model words on chip, padding lanes included
   const int64_t init_lines = out_lines > stored_words / 16 ? out_lines : stored_words / 16;
   const Loss loss = static_cast<Loss>(cfg.loss);
-  const int l2_shift = static_cast<int>(cfg.l2_shift);
 
   // The model, twice: the snapshot the dot products read and the working copy the updates write.
   int32_t x_dot[Dz::kMaxGroups][LANES];
@@ -194,12 +193,13 @@ void sgd_kernel(const Line* data, const Line* model_in, Line* model_out, const S
       const Line& line = row_fifo.front();
       const int beat = static_cast<int>(u_group % kBeats);
       const int shift = epoch_shift(cfg, static_cast<uint32_t>(u_epoch));
+      const int ridge = epoch_ridge_shift(cfg, static_cast<uint32_t>(u_epoch));
       const bool closing = (u_row + 1) % batch == 0 || u_row == m - 1;
       for (int lane = 0; lane < LANES; ++lane) {
         ZIPML_PRAGMA(HLS UNROLL)
         const int64_t f = u_group * LANES + lane;
         const int32_t t2 = f < n ? F::term(line, beat * LANES + lane, F::kSamples - 1) : 0;
-        const int32_t nx = lane_update(x_upd[u_group][lane], u_scalar.h, t2, shift, l2_shift);
+        const int32_t nx = lane_update(x_upd[u_group][lane], u_scalar.h, t2, shift, ridge);
         x_upd[u_group][lane] = nx;
         if (closing) x_dot[u_group][lane] = nx;
       }

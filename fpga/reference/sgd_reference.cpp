@@ -55,7 +55,7 @@ std::vector<int32_t> run(const TrainingData& d, const SgdConfig& c, const int32_
   history.reserve(static_cast<size_t>(c.epochs * (n + 1)));
   for (uint32_t e = 0; e < c.epochs; ++e) {
     const int copy = static_cast<int>(e % static_cast<uint32_t>(d.copies));
-    const int shift = epoch_shift(c, e);
+    const int shift = epoch_shift(c, e), ridge = epoch_ridge_shift(c, e);
     for (int64_t r0 = 0; r0 < m; r0 += batch) {
       snapshot = x;  // every dot product of the batch reads the model of the batch's start
       const int32_t snapshot0 = x0;
@@ -64,7 +64,7 @@ std::vector<int32_t> run(const TrainingData& d, const SgdConfig& c, const int32_
         for (int64_t k = 0; k < n; ++k) sum += F::lane_product(snapshot[k], d.term(copy, r, k, 0));
         const RowScalar s = row_scalar<F>(sum, snapshot0, d.labels[r], loss);
         for (int64_t k = 0; k < n; ++k)
-          x[k] = lane_update(x[k], s.h, d.term(copy, r, k, F::kSamples - 1), shift, static_cast<int>(c.l2_shift));
+          x[k] = lane_update(x[k], s.h, d.term(copy, r, k, F::kSamples - 1), shift, ridge);
         if (c.fit_intercept) x0 = intercept_update(x0, s.e, shift);
       }
     }

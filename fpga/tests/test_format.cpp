@@ -45,6 +45,8 @@ TEST(Format, FloorDivisionAndShiftRoundDown) {
     }
     ASSERT_EQ(asr(a, 23), floor_div(a, 8388608));
   }
+  for (int64_t x = -70; x <= 70; ++x)
+    for (int s = 0; s < 5; ++s) ASSERT_EQ(rshift_round(x, s), static_cast<int64_t>(std::floor(x / std::ldexp(1.0, s) + 0.5)));
   EXPECT_EQ(sat32(int64_t{1} << 40), INT32_MAX);
   EXPECT_EQ(sat32(-(int64_t{1} << 40)), INT32_MIN);
 }
@@ -100,10 +102,18 @@ TEST(Format, LaneUpdateIsTheScaledGradientStep) {
     const int shift = i % 13;
     const int64_t h = floor_div(static_cast<int64_t>(ei) << kGuard, 15);
     const double want = xi - std::ldexp(static_cast<double>(ei) * t / 15.0, -shift);
-    // h rounds down by < 1 unit of 2^-23 of the scalar; the product's floor by < 1 unit of the model
-    ASSERT_NEAR(lane_update(xi, h, t, shift, 0), want, 1.0 + 15.0 * std::ldexp(1.0, -shift - kGuard) + 1e-9);
+    // h rounds down by < 1 unit of 2^-23 of the scalar; the product rounds by <= 1/2 unit of the model
+    ASSERT_NEAR(lane_update(xi, h, t, shift, 0), want, 0.5 + 15.0 * std::ldexp(1.0, -shift - kGuard) + 1e-9);
   }
-  EXPECT_EQ(lane_update(1000, 0, 0, 0, 3), 1000 - 125);  // ridge: x -= asr(x, l2_shift)
+  EXPECT_EQ(lane_update(1000, 0, 0, 0, 3), 1000 - 125);  // ridge: x -= asr(x, ridge shift)
+  SgdConfig c;
+  c.step_shift = 5;
+  c.decay_every = 3;
+  c.l2_shift = 9;
+  EXPECT_EQ(epoch_shift(c, 7), 7);
+  EXPECT_EQ(epoch_ridge_shift(c, 7), 11);  // the ridge halves with the step
+  c.l2_shift = 0;
+  EXPECT_EQ(epoch_ridge_shift(c, 7), 0);
   EXPECT_EQ(intercept_update(0, -8, 2), 2);
 }
 
