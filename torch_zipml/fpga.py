@@ -137,7 +137,7 @@ def train(X, y, options: dict, *, platform: str = "harp_v1", lanes: int = 0, hal
 
     Returns: the keys of Trainer.fit() (w and w0 on the scaled features, coef and intercept on the
     original ones, loss_history before training and after every epoch, bytes_read, epoch_seconds =
-    simulated clocks / clock rate, ...), and: cycles, epoch_cycles, step_size_used, l2_used,
+    simulated clocks / clock rate, ...), and: cycles, calls (kernel calls), epoch_cycles, step_size_used, l2_used,
     platform, design, kernel_stats.
     """
     kernel_options, step_used, l2_used = hardware_options(options, platform, lanes)
@@ -184,6 +184,6 @@ def train(X, y, options: dict, *, platform: str = "harp_v1", lanes: int = 0, hal
         "samples": 0 if bits == 32 else 2 if kernel_options["sampling"] == "double" else 1,
         "store_bytes": r["bytes_per_copy"],
         "chebyshev_error": 0.0,
-        "cycles": r["cycles"], "epoch_cycles": epoch_cycles, "step_size_used": step_used, "l2_used": l2_used,
+        "cycles": r["cycles"], "calls": r["calls"], "epoch_cycles": epoch_cycles, "step_size_used": step_used, "l2_used": l2_used,
         "platform": info, "design": design, "kernel_stats": r["stats"],
     }

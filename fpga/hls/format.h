@@ -93,11 +93,10 @@ struct Format {
 
   static int32_t term_of_code(uint32_t code) { return static_cast<int32_t>(2 * code) - static_cast<int32_t>(kDenominator); }
   static int32_t term(const Line& line, int slot, int sample) {
-    if constexpr (kFloat) {
-      return float_to_fixed(line.get(32 * slot, 32));
-    } else {
-      return term_of_code(line.get(kSlotBits * slot + Q * sample, Q));
-    }
+    // (a plain if on a constant: both branches are valid for every Q, and HLS front ends that
+    // predate C++17 accept it)
+    if (kFloat) return float_to_fixed(line.get(32 * slot, 32));
+    return term_of_code(line.get(kSlotBits * slot + Q * sample, kFloat ? 1 : Q));
   }
 };
 

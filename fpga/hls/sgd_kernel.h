@@ -8,7 +8,7 @@
 //                                 row_fifo                    scalar pipeline (kLatency clocks):
 //                                    |                        residual e, h = e 2^G / D
 //                                    v                             v
-//                                 UPDATE SIDE: decode sample 1, x_upd -= asr(h t2, s + G), one
+//                                 UPDATE SIDE: decode sample 1, x_upd -= rnd(h t2 / 2^(s+G)), one
 //                                 group of LANES features per clock; the batch's last row also
 //                                 writes x_dot --> after each epoch, the model to model_out
 //
@@ -16,7 +16,9 @@
 // start of batch j (x_dot), every update goes to the working copy (x_upd) and the last row of the
 // batch writes its result to both. The first row of the next batch reads a group of x_dot only
 // after that write (one clock later): the sides walk the groups in the same order, so the batch
-// boundary costs about kLatency clocks, not a row. An epoch's first dot product waits until the
+// boundary costs kLatency + 1 clocks, not a row. The update's read-modify-write of a group takes
+// one clock (the model in LUT RAM or registers, as in ZipML's design; block RAM would need a
+// bypass for rows of one group). An epoch's first dot product waits until the
 // previous epoch's model has been written out. Timing never changes a bit: the model after every
 // epoch equals the plain reference (fpga/reference) for every memory speed.
 //

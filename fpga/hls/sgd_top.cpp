@@ -12,15 +12,13 @@
     ZIPML_PRAGMA(HLS INTERFACE m_axi port = model_out offset = slave bundle = gmem1 depth = 1024)               \
     ZIPML_PRAGMA(HLS INTERFACE s_axilite port = cfg)                                                            \
     ZIPML_PRAGMA(HLS INTERFACE s_axilite port = return)                                                         \
-    sgd_kernel<Q, LANES, kTopMaxFeatures>(data, model_in, model_out, cfg, MemoryModel{}, nullptr);               \
+    sgd_kernel<Q, LANES, kZipmlTopMaxFeatures>(data, model_in, model_out, cfg, MemoryModel{}, nullptr);          \
   }
 
-namespace zipml::fpga {
+using namespace zipml::fpga;
 
 ZIPML_SGD_TOP(zipml_sgd_f32, kFloatBits, 16)
 ZIPML_SGD_TOP(zipml_sgd_q8, 8, 32)
 ZIPML_SGD_TOP(zipml_sgd_q4, 4, 64)
 ZIPML_SGD_TOP(zipml_sgd_q2, 2, 128)
 ZIPML_SGD_TOP(zipml_sgd_q1, 1, 128)
-
-}  // namespace zipml::fpga

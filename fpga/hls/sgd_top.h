@@ -4,14 +4,16 @@
 #pragma once
 #include "format.h"
 
-namespace zipml::fpga {
+// Global names: Vitis HLS takes the top function by its plain name.
+void zipml_sgd_f32(const zipml::fpga::Line* data, const zipml::fpga::Line* model_in, zipml::fpga::Line* model_out,
+                   zipml::fpga::SgdConfig cfg);
+void zipml_sgd_q8(const zipml::fpga::Line* data, const zipml::fpga::Line* model_in, zipml::fpga::Line* model_out,
+                  zipml::fpga::SgdConfig cfg);
+void zipml_sgd_q4(const zipml::fpga::Line* data, const zipml::fpga::Line* model_in, zipml::fpga::Line* model_out,
+                  zipml::fpga::SgdConfig cfg);
+void zipml_sgd_q2(const zipml::fpga::Line* data, const zipml::fpga::Line* model_in, zipml::fpga::Line* model_out,
+                  zipml::fpga::SgdConfig cfg);
+void zipml_sgd_q1(const zipml::fpga::Line* data, const zipml::fpga::Line* model_in, zipml::fpga::Line* model_out,
+                  zipml::fpga::SgdConfig cfg);
 
-constexpr int kTopMaxFeatures = 8192;
-
-void zipml_sgd_f32(const Line* data, const Line* model_in, Line* model_out, SgdConfig cfg);
-void zipml_sgd_q8(const Line* data, const Line* model_in, Line* model_out, SgdConfig cfg);
-void zipml_sgd_q4(const Line* data, const Line* model_in, Line* model_out, SgdConfig cfg);
-void zipml_sgd_q2(const Line* data, const Line* model_in, Line* model_out, SgdConfig cfg);
-void zipml_sgd_q1(const Line* data, const Line* model_in, Line* model_out, SgdConfig cfg);
-
-}  // namespace zipml::fpga
+constexpr int kZipmlTopMaxFeatures = 8192;
