@@ -7,14 +7,16 @@ and one budget for every configuration, against FP32 and the XNOR-Net baselines.
 
 Configurations (first and last layer FP32 in all, per-channel weight scales for ZipML):
   fp32, bwn, xnor; zipml-w{1,2,4}-{uniform,optimal} (stochastic rounding); zipml-w2-uniform-nearest
-  (nearest rounding, the naive baseline); zipml-w2-optimal-g8 (2-bit weights, 8-bit gradients).
+  (nearest rounding, the naive baseline); zipml-w2-optimal-nearest (optimal levels, nearest rounding:
+  the protocol of the authors' Caffe code); zipml-w2-optimal-g8 (2-bit weights, 8-bit gradients).
 Evaluation as in the trainer (batch-norm statistics re-estimated for the evaluated network, for all
 configurations alike). Each runs `python -m torch_zipml.train`'s training in this process, into <runs-dir>/<config>-s<seed>;
 a run already complete there with the same settings is reused, so an interrupted study picks up
 where it stopped. Results: <out>/accuracy.json (written after every run, atomically), accuracy.md (a
 table with the goals) and accuracy.png.
 
-Goals: zipml-w2-optimal >= bwn + 1 point and >= fp32 - 1.5 points; optimal >= uniform at 1, 2, 4 bits.
+Goals: zipml-w2-optimal >= bwn + 1 point and >= fp32 - 1.5 points; optimal >= uniform at 1, 2, 4 bits
+(the 2-bit goals are checked for stochastic and for nearest rounding).
 
 The CPU budget (3 epochs over 8000 training samples, batch 128, the whole test set) was sized from
 measurements on the 2-core development machine while other jobs loaded it (load average 7-8): with
@@ -55,6 +57,11 @@ for _bits in (1, 2, 4):
 CONFIGS["zipml-w2-uniform-nearest"] = (
     ["--scheme", "zipml", "--weight-bits", "2", "--levels", "uniform", "--rounding", "nearest"],
     "2-bit uniform, nearest rounding (naive)")
+# The protocol of the authors' own deep-learning code (ZipML/caffe, notes §7.3): variance-optimal
+# levels with deterministic rounding of the weights in the forward pass.
+CONFIGS["zipml-w2-optimal-nearest"] = (
+    ["--scheme", "zipml", "--weight-bits", "2", "--levels", "optimal", "--rounding", "nearest"],
+    "2-bit optimal levels, nearest rounding (the authors' Caffe protocol)")
 CONFIGS["zipml-w2-optimal-g8"] = (
     ["--scheme", "zipml", "--weight-bits", "2", "--levels", "optimal", "--rounding", "stochastic",
      "--grad-bits", "8"], "ZipML 2-bit optimal + 8-bit weight gradients")
@@ -135,15 +142,21 @@ def goals(results: dict) -> list:
         return results[name]["test_acc_mean"] if name in results else None
 
     out = []
-    z2, bwn, fp32 = acc("zipml-w2-optimal"), acc("bwn"), acc("fp32")
-    if z2 is not None and bwn is not None:
-        out.append({"goal": "zipml-w2-optimal >= bwn + 1", "value": z2 - bwn, "met": z2 >= bwn + 1.0})
-    if z2 is not None and fp32 is not None:
-        out.append({"goal": "zipml-w2-optimal >= fp32 - 1.5", "value": z2 - fp32, "met": z2 >= fp32 - 1.5})
-    for bits in (1, 2, 4):
-        o, u = acc(f"zipml-w{bits}-optimal"), acc(f"zipml-w{bits}-uniform")
+    bwn, fp32 = acc("bwn"), acc("fp32")
+    # The goals name 2-bit optimal ZipML; it is judged with stochastic rounding (the issue's
+    # configuration) and with nearest rounding (the authors' Caffe protocol), each on its own row.
+    for z2_name in ("zipml-w2-optimal", "zipml-w2-optimal-nearest"):
+        z2 = acc(z2_name)
+        if z2 is not None and bwn is not None:
+            out.append({"goal": f"{z2_name} >= bwn + 1", "value": z2 - bwn, "met": z2 >= bwn + 1.0})
+        if z2 is not None and fp32 is not None:
+            out.append({"goal": f"{z2_name} >= fp32 - 1.5", "value": z2 - fp32, "met": z2 >= fp32 - 1.5})
+    pairs = [(f"zipml-w{bits}-optimal", f"zipml-w{bits}-uniform", f"{bits} bits") for bits in (1, 2, 4)]
+    pairs.append(("zipml-w2-optimal-nearest", "zipml-w2-uniform-nearest", "2 bits, nearest rounding"))
+    for opt_name, uni_name, label in pairs:
+        o, u = acc(opt_name), acc(uni_name)
         if o is not None and u is not None:
-            out.append({"goal": f"optimal >= uniform at {bits} bits", "value": o - u, "met": o >= u})
+            out.append({"goal": f"optimal >= uniform at {label}", "value": o - u, "met": o >= u})
     return out
 
 

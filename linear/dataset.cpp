@@ -73,8 +73,9 @@ Dataset read_libsvm(const std::string& path, int64_t cols) {
       if (!parse_number(index_text, index) || index != std::floor(index) || index < 1 || index > 1e12)
         fail(path, line, "feature index '" + index_text + "' is not a positive integer");
       const int64_t col = static_cast<int64_t>(index);
-      if (col <= previous) fail(path, line, "feature indices must be ascending, got " + std::to_string(col) +
-                                            " after " + std::to_string(previous));
+      if (col <= previous)
+        fail(path, line,
+             "feature indices must be ascending, got " + std::to_string(col) + " after " + std::to_string(previous));
       if (cols > 0 && col > cols)
         fail(path, line, "feature index " + std::to_string(col) + " exceeds n_features=" + std::to_string(cols));
       previous = col;
@@ -111,8 +112,10 @@ Dataset read_csv(const std::string& path, int64_t label_column, char delimiter) 
     if (!text.empty() && text.back() == delimiter) fields.emplace_back();
     if (fields_per_line < 0) {
       fields_per_line = static_cast<int64_t>(fields.size());
-      if (fields_per_line < 2) fail(path, line, "a CSV line needs a label and at least one feature, found " +
-                                                std::to_string(fields_per_line) + " field(s)");
+      if (fields_per_line < 2)
+        fail(path, line,
+             "a CSV line needs a label and at least one feature, found " + std::to_string(fields_per_line) +
+                 " field(s)");
       label_at = label_column < 0 ? fields_per_line + label_column : label_column;
       if (label_at < 0 || label_at >= fields_per_line)
         throw InputError("read_csv: label_column=" + std::to_string(label_column) + " is outside the " +
@@ -126,12 +129,14 @@ Dataset read_csv(const std::string& path, int64_t label_column, char delimiter) 
       if (header) continue;
     }
     if (static_cast<int64_t>(fields.size()) != fields_per_line)
-      fail(path, line, "expected " + std::to_string(fields_per_line) + " fields, found " +
-                           std::to_string(fields.size()));
+      fail(path, line,
+           "expected " + std::to_string(fields_per_line) + " fields, found " + std::to_string(fields.size()));
     for (int64_t c = 0; c < fields_per_line; ++c) {
       const double v = finite_number(path, line, fields[c], c == label_at ? "label" : "value");
-      if (c == label_at) d.y.push_back(static_cast<float>(v));
-      else d.x.push_back(static_cast<float>(v));
+      if (c == label_at)
+        d.y.push_back(static_cast<float>(v));
+      else
+        d.x.push_back(static_cast<float>(v));
     }
   }
   if (in.bad()) throw FileError(path + ": read error");

@@ -43,8 +43,8 @@ struct Kernels {
   int64_t (*int_dot)(const uint8_t* index, const uint8_t* up, const int8_t* m, int64_t c0, int64_t c1, int bits);
   // G[j - c0] = sum_k code_k(j) * t[k] for features [c0, c1) over nrows rows (a multiple of 4; a
   // padding row has t = 0). G has room for c1 - c0 rounded up to 64 values; c0 is a multiple of 64.
-  void (*int_gemv_t)(const uint8_t* const* index, const uint8_t* const* up, const int8_t* t, int64_t nrows,
-                     int64_t c0, int64_t c1, int bits, int32_t* G);
+  void (*int_gemv_t)(const uint8_t* const* index, const uint8_t* const* up, const int8_t* t, int64_t nrows, int64_t c0,
+                     int64_t c1, int bits, int32_t* G);
   // Stochastic rounding of v[j] / scale on symmetric_grid(bits) for j in [begin, end), begin a
   // multiple of 4: the core's kernel::quantize_code with the Philox word of index j in stream
   // (seed, offset). Writes the values L[code] * scale to out_f and/or, for bits <= 8, the integer

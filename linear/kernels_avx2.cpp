@@ -41,9 +41,9 @@ inline __m256i decode32(const uint8_t* index, const uint8_t* up, int64_t j) {
     uint64_t packed;
     std::memcpy(&packed, index + j / 4, 8);
     // Each dword gets one packed byte four times; field r of byte b goes to byte r of the dword.
-    const __m256i rep = _mm256_shuffle_epi8(
-        _mm256_set1_epi64x(static_cast<int64_t>(packed)),
-        _mm256_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7));
+    const __m256i rep = _mm256_shuffle_epi8(_mm256_set1_epi64x(static_cast<int64_t>(packed)),
+                                            _mm256_setr_epi8(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4,
+                                                             5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7));
     const __m256i f0 = _mm256_and_si256(rep, _mm256_set1_epi32(0x00000003));
     const __m256i f1 = _mm256_and_si256(_mm256_srli_epi32(rep, 2), _mm256_set1_epi32(0x00000300));
     const __m256i f2 = _mm256_and_si256(_mm256_srli_epi32(rep, 4), _mm256_set1_epi32(0x00030000));
@@ -78,8 +78,8 @@ int64_t int_dot_bits(const uint8_t* index, const uint8_t* up, const int8_t* m, i
     const int64_t stop = j + 32 * 4096 < c1 ? j + 32 * 4096 : c1;
     __m256i acc = _mm256_setzero_si256();
     for (; j < stop; j += 32)
-      acc = _mm256_add_epi32(acc, dot4<BITS>(decode32<BITS>(index, up, j),
-                                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + j))));
+      acc = _mm256_add_epi32(
+          acc, dot4<BITS>(decode32<BITS>(index, up, j), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(m + j))));
     int32_t lanes[8];
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(lanes), acc);
     for (int l = 0; l < 8; ++l) total += lanes[l];
@@ -97,8 +97,8 @@ int64_t int_dot(const uint8_t* index, const uint8_t* up, const int8_t* m, int64_
 }
 
 template <int BITS>
-void int_gemv_t_bits(const uint8_t* const* index, const uint8_t* const* up, const int8_t* t, int64_t nrows,
-                     int64_t c0, int64_t c1, int32_t* G) {
+void int_gemv_t_bits(const uint8_t* const* index, const uint8_t* const* up, const int8_t* t, int64_t nrows, int64_t c0,
+                     int64_t c1, int32_t* G) {
   for (int64_t j = c0; j < c1; j += 32) {
     __m256i acc0 = _mm256_setzero_si256(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     for (int64_t k = 0; k < nrows; k += 4) {
@@ -142,8 +142,16 @@ void int_gemv_t(const uint8_t* const* index, const uint8_t* const* up, const int
 namespace zipml::linear {
 
 const Kernels* avx2_kernels() {
-  static const Kernels k{"avx2", avx2::dot_impl, avx2::dot_chunks_impl, avx2::gemv_t_impl, avx2::int_dot, avx2::int_gemv_t,
-                         quantize_symmetric_scalar, avx2::max_abs_impl, decode_uniform_scalar, philox_words_scalar};
+  static const Kernels k{"avx2",
+                         avx2::dot_impl,
+                         avx2::dot_chunks_impl,
+                         avx2::gemv_t_impl,
+                         avx2::int_dot,
+                         avx2::int_gemv_t,
+                         quantize_symmetric_scalar,
+                         avx2::max_abs_impl,
+                         decode_uniform_scalar,
+                         philox_words_scalar};
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
   return ok ? &k : nullptr;
 }

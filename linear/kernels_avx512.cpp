@@ -8,8 +8,8 @@
 // features within 128-bit lanes, which a 4 x 4 shuffle of lanes undoes once per block of 64.
 #include <immintrin.h>
 
-#include <cstdint>
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "../kernels/common/quantize.h"
@@ -61,8 +61,7 @@ int64_t int_dot_bits(const uint8_t* index, const uint8_t* up, const int8_t* m, i
     // Each lane gains at most 4 * 255 * 127 per step: flush to 64 bits every 4096 steps.
     const int64_t stop = j + 64 * 4096 < c1 ? j + 64 * 4096 : c1;
     __m512i acc = _mm512_setzero_si512();
-    for (; j < stop; j += 64)
-      acc = _mm512_dpbusd_epi32(acc, decode64<BITS>(index, up, j), _mm512_loadu_si512(m + j));
+    for (; j < stop; j += 64) acc = _mm512_dpbusd_epi32(acc, decode64<BITS>(index, up, j), _mm512_loadu_si512(m + j));
     total += _mm512_reduce_add_epi32(acc);
   }
   return total;
@@ -78,8 +77,8 @@ int64_t int_dot(const uint8_t* index, const uint8_t* up, const int8_t* m, int64_
 }
 
 template <int BITS>
-void int_gemv_t_bits(const uint8_t* const* index, const uint8_t* const* up, const int8_t* t, int64_t nrows,
-                     int64_t c0, int64_t c1, int32_t* G) {
+void int_gemv_t_bits(const uint8_t* const* index, const uint8_t* const* up, const int8_t* t, int64_t nrows, int64_t c0,
+                     int64_t c1, int32_t* G) {
   for (int64_t j = c0; j < c1; j += 64) {
     __m512i acc0 = _mm512_setzero_si512(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     for (int64_t k = 0; k < nrows; k += 4) {
@@ -235,10 +234,10 @@ int64_t quantize_symmetric(const float* v, int64_t begin, int64_t end, float sca
       const __m512 t = _mm512_mul_ps(_mm512_add_ps(x, _mm512_set1_ps(1.0f)), half_span);
       const __m512i lower = _mm512_min_epi32(_mm512_cvttps_epi32(t), top);
       const __m512 frac = _mm512_sub_ps(t, _mm512_cvtepi32_ps(lower));
-      const __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(ordered[q], 8)),
-                                     _mm512_set1_ps(5.9604644775390625e-08f));
-      const __m512i code = _mm512_mask_add_epi32(lower, _mm512_cmp_ps_mask(u, frac, _CMP_LT_OQ), lower,
-                                                 _mm512_set1_epi32(1));
+      const __m512 u =
+          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(ordered[q], 8)), _mm512_set1_ps(5.9604644775390625e-08f));
+      const __m512i code =
+          _mm512_mask_add_epi32(lower, _mm512_cmp_ps_mask(u, frac, _CMP_LT_OQ), lower, _mm512_set1_epi32(1));
       if (out_f) {
         const __m512i signed_level = _mm512_sub_epi32(_mm512_add_epi32(code, code), _mm512_set1_epi32(count - 1));
         _mm512_storeu_ps(out_f + at, _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(signed_level), step), s));
@@ -264,9 +263,15 @@ int64_t quantize_symmetric(const float* v, int64_t begin, int64_t end, float sca
 namespace zipml::linear {
 
 const Kernels* avx512_kernels() {
-  static const Kernels k{"avx512",           avx512::dot_impl,   avx512::dot_chunks_impl,
-                         avx512::gemv_t_impl, avx512::int_dot,    avx512::int_gemv_t,
-                         avx512::quantize_symmetric, avx512::max_abs_impl,   avx512::decode_uniform,
+  static const Kernels k{"avx512",
+                         avx512::dot_impl,
+                         avx512::dot_chunks_impl,
+                         avx512::gemv_t_impl,
+                         avx512::int_dot,
+                         avx512::int_gemv_t,
+                         avx512::quantize_symmetric,
+                         avx512::max_abs_impl,
+                         avx512::decode_uniform,
                          avx512::philox_words};
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&

@@ -76,8 +76,16 @@ int64_t quantize_symmetric_scalar(const float* v, int64_t begin, int64_t end, fl
 
 namespace scalar {
 
-const Kernels kKernels{"scalar",   dot_impl, dot_chunks_impl, gemv_t_impl, int_dot, int_gemv_t, quantize_symmetric_scalar,
-                       max_abs_impl, decode_uniform_scalar, philox_words_scalar};
+const Kernels kKernels{"scalar",
+                       dot_impl,
+                       dot_chunks_impl,
+                       gemv_t_impl,
+                       int_dot,
+                       int_gemv_t,
+                       quantize_symmetric_scalar,
+                       max_abs_impl,
+                       decode_uniform_scalar,
+                       philox_words_scalar};
 
 }  // namespace scalar
 

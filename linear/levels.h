@@ -12,7 +12,7 @@ namespace zipml::linear {
 
 struct FeatureLevels {
   int bits = 0;
-  int count = 0;            // K = 2^bits levels
+  int count = 0;  // K = 2^bits levels
   bool uniform = true;
   std::vector<float> table;  // cols * K sorted levels per feature; empty for the uniform grid
 

@@ -47,7 +47,8 @@ std::pair<int64_t, int64_t> matrix_shape(const FloatArray& x, const char* name =
 }
 
 void check_labels(const FloatArray& y, int64_t rows) {
-  if (y.ndim() != 1) throw InputError("y must be a 1-D array of labels, got " + std::to_string(y.ndim()) + " dimensions");
+  if (y.ndim() != 1)
+    throw InputError("y must be a 1-D array of labels, got " + std::to_string(y.ndim()) + " dimensions");
   if (y.shape(0) != rows)
     throw InputError("y has " + std::to_string(y.shape(0)) + " labels but X has " + std::to_string(rows) + " rows");
 }
@@ -58,37 +59,59 @@ Options options_from(const py::dict& kw) {
     const std::string key = py::str(item.first);
     const py::handle v = item.second;
     auto as_int = [&] { return v.is_none() ? 0 : v.cast<int64_t>(); };
-    if (key == "loss") o.loss = parse_loss(v.cast<std::string>());
-    else if (key == "sampling") o.sampling = parse_sampling(v.cast<std::string>());
-    else if (key == "bits") o.bits = static_cast<int>(as_int());
+    if (key == "loss")
+      o.loss = parse_loss(v.cast<std::string>());
+    else if (key == "sampling")
+      o.sampling = parse_sampling(v.cast<std::string>());
+    else if (key == "bits")
+      o.bits = static_cast<int>(as_int());
     else if (key == "levels") {
       const std::string l = v.cast<std::string>();
       if (l != "uniform" && l != "optimal") throw InputError("levels must be 'uniform' or 'optimal', got '" + l + "'");
       o.optimal_levels = l == "optimal";
-    } else if (key == "candidates") o.candidates = as_int();
-    else if (key == "model_bits") o.model_bits = static_cast<int>(as_int());
-    else if (key == "grad_bits") o.grad_bits = static_cast<int>(as_int());
-    else if (key == "epochs") o.epochs = static_cast<int>(as_int());
-    else if (key == "batch_size") o.batch_size = as_int();
-    else if (key == "step_size") o.step_size = v.cast<double>();
-    else if (key == "schedule") o.schedule = parse_schedule(v.cast<std::string>());
-    else if (key == "decay") o.decay = v.cast<double>();
-    else if (key == "l2") o.l2 = v.cast<double>();
-    else if (key == "copies") o.copies = static_cast<int>(as_int());
+    } else if (key == "candidates")
+      o.candidates = as_int();
+    else if (key == "model_bits")
+      o.model_bits = static_cast<int>(as_int());
+    else if (key == "grad_bits")
+      o.grad_bits = static_cast<int>(as_int());
+    else if (key == "epochs")
+      o.epochs = static_cast<int>(as_int());
+    else if (key == "batch_size")
+      o.batch_size = as_int();
+    else if (key == "step_size")
+      o.step_size = v.cast<double>();
+    else if (key == "schedule")
+      o.schedule = parse_schedule(v.cast<std::string>());
+    else if (key == "decay")
+      o.decay = v.cast<double>();
+    else if (key == "l2")
+      o.l2 = v.cast<double>();
+    else if (key == "copies")
+      o.copies = static_cast<int>(as_int());
     else if (key == "seed") {
       const py::int_ s = py::reinterpret_borrow<py::int_>(v);
       if (py::int_(0) > s || s > py::int_(py::reinterpret_steal<py::object>(PyLong_FromUnsignedLongLong(~0ull))))
         throw InputError("seed must be an integer in [0, 2**64)");
       o.seed = v.cast<uint64_t>();
-    } else if (key == "threads") o.threads = static_cast<int>(as_int());
-    else if (key == "engine") o.engine = parse_engine(v.cast<std::string>());
-    else if (key == "scale") o.scale = v.cast<bool>();
-    else if (key == "fit_intercept") o.fit_intercept = v.cast<bool>();
-    else if (key == "degree") o.degree = static_cast<int>(as_int());
-    else if (key == "chebyshev_range") o.chebyshev_range = v.cast<double>();
-    else if (key == "record_loss") o.record_loss = v.cast<bool>();
-    else if (key == "average") o.average_from = v.is_none() ? -1 : static_cast<int>(v.cast<int64_t>());
-    else throw InputError("unknown option '" + key + "'");
+    } else if (key == "threads")
+      o.threads = static_cast<int>(as_int());
+    else if (key == "engine")
+      o.engine = parse_engine(v.cast<std::string>());
+    else if (key == "scale")
+      o.scale = v.cast<bool>();
+    else if (key == "fit_intercept")
+      o.fit_intercept = v.cast<bool>();
+    else if (key == "degree")
+      o.degree = static_cast<int>(as_int());
+    else if (key == "chebyshev_range")
+      o.chebyshev_range = v.cast<double>();
+    else if (key == "record_loss")
+      o.record_loss = v.cast<bool>();
+    else if (key == "average")
+      o.average_from = v.is_none() ? -1.0 : v.cast<double>();
+    else
+      throw InputError("unknown option '" + key + "'");
   }
   return o;
 }
@@ -114,8 +137,8 @@ py::dict result_dict(const Result& r) {
 }
 
 // A store built directly from scaled data (tests, studies of the store itself).
-SampleStore build_store(const FloatArray& u, int bits, int samples, int copies, const std::string& levels,
-                        bool nearest, uint64_t seed, int64_t candidates, int threads) {
+SampleStore build_store(const FloatArray& u, int bits, int samples, int copies, const std::string& levels, bool nearest,
+                        uint64_t seed, int64_t candidates, int threads) {
   const auto [rows, cols] = matrix_shape(u, "u");
   if (rows == 0 || cols == 0) throw InputError("u is empty");
   const float* p = u.data();
@@ -172,14 +195,17 @@ PYBIND11_MODULE(_linear, mod) {
     }
   });
 
-  mod.def("read_libsvm", [](const std::string& path, int64_t n_features) { return dataset_tuple(read_libsvm(path, n_features)); },
-          py::arg("path"), py::arg("n_features") = 0, "(X, y) from a LIBSVM text file");
-  mod.def("read_csv",
-          [](const std::string& path, int64_t label_column, const std::string& delimiter) {
-            if (delimiter.size() != 1) throw InputError("delimiter must be one character, got '" + delimiter + "'");
-            return dataset_tuple(read_csv(path, label_column, delimiter[0]));
-          },
-          py::arg("path"), py::arg("label_column") = -1, py::arg("delimiter") = ",", "(X, y) from a CSV file");
+  mod.def(
+      "read_libsvm",
+      [](const std::string& path, int64_t n_features) { return dataset_tuple(read_libsvm(path, n_features)); },
+      py::arg("path"), py::arg("n_features") = 0, "(X, y) from a LIBSVM text file");
+  mod.def(
+      "read_csv",
+      [](const std::string& path, int64_t label_column, const std::string& delimiter) {
+        if (delimiter.size() != 1) throw InputError("delimiter must be one character, got '" + delimiter + "'");
+        return dataset_tuple(read_csv(path, label_column, delimiter[0]));
+      },
+      py::arg("path"), py::arg("label_column") = -1, py::arg("delimiter") = ",", "(X, y) from a CSV file");
 
   py::class_<Trainer>(mod, "Trainer")
       .def(py::init([](const FloatArray& x, const FloatArray& y, const py::dict& kw) {
@@ -199,28 +225,32 @@ PYBIND11_MODULE(_linear, mod) {
              }
              return result_dict(r);
            })
-      .def("gradient",
-           [](Trainer& t, const FloatArray& w, double w0, int64_t r0, int64_t r1, int copy, uint64_t step) {
-             const std::vector<float> wv(w.data(), w.data() + w.size());
-             std::pair<std::vector<double>, double> g;
-             {
-               py::gil_scoped_release release;
-               g = t.gradient(wv, w0, r0, r1, copy, step);
-             }
-             return py::make_tuple(to_array(g.first), g.second);
-           },
-           py::arg("w"), py::arg("w0"), py::arg("r0"), py::arg("r1"), py::arg("copy") = 0, py::arg("step") = 0)
-      .def("objective",
-           [](const Trainer& t, const FloatArray& w, double w0) {
-             return t.objective(std::vector<float>(w.data(), w.data() + w.size()), w0);
-           },
-           py::arg("w"), py::arg("w0"))
-      .def_property_readonly("scaled",
-                             [](const Trainer& t) { return to_matrix(t.scaled(), t.labels().size(), t.scaling().cols()); })
+      .def(
+          "gradient",
+          [](Trainer& t, const FloatArray& w, double w0, int64_t r0, int64_t r1, int copy, uint64_t step) {
+            const std::vector<float> wv(w.data(), w.data() + w.size());
+            std::pair<std::vector<double>, double> g;
+            {
+              py::gil_scoped_release release;
+              g = t.gradient(wv, w0, r0, r1, copy, step);
+            }
+            return py::make_tuple(to_array(g.first), g.second);
+          },
+          py::arg("w"), py::arg("w0"), py::arg("r0"), py::arg("r1"), py::arg("copy") = 0, py::arg("step") = 0)
+      .def(
+          "objective",
+          [](const Trainer& t, const FloatArray& w, double w0) {
+            return t.objective(std::vector<float>(w.data(), w.data() + w.size()), w0);
+          },
+          py::arg("w"), py::arg("w0"))
+      .def_property_readonly(
+          "scaled", [](const Trainer& t) { return to_matrix(t.scaled(), t.labels().size(), t.scaling().cols()); })
       .def_property_readonly("labels", [](const Trainer& t) { return to_array(t.labels()); })
       .def_property_readonly("order", [](const Trainer& t) { return to_array(t.order()); })
-      .def_property_readonly("engine", [](const Trainer& t) { return t.engine() == Engine::Integer ? "integer" : "float"; })
-      .def_property_readonly("store", [](const Trainer& t) { return t.store(); }, py::return_value_policy::reference_internal)
+      .def_property_readonly("engine",
+                             [](const Trainer& t) { return t.engine() == Engine::Integer ? "integer" : "float"; })
+      .def_property_readonly(
+          "store", [](const Trainer& t) { return t.store(); }, py::return_value_policy::reference_internal)
       .def_property_readonly("chebyshev", [](const Trainer& t) -> py::object {
         const Chebyshev* c = t.chebyshev();
         if (!c) return py::none();
@@ -247,136 +277,150 @@ PYBIND11_MODULE(_linear, mod) {
       .def_property_readonly("record_bytes", &SampleStore::record_bytes)
       .def_property_readonly("bytes_per_copy", &SampleStore::bytes_per_copy)
       .def("codes", &store_codes, py::arg("copy") = 0, py::arg("sample") = 0, "codes of one sample (rows x cols)")
-      .def("intervals",
-           [](const SampleStore& s, int copy) {
-             py::array_t<uint8_t> a({static_cast<py::ssize_t>(s.rows()), static_cast<py::ssize_t>(s.cols())});
-             for (int64_t r = 0; r < s.rows(); ++r)
-               for (int64_t c = 0; c < s.cols(); ++c) *a.mutable_data(r, c) = static_cast<uint8_t>(s.interval(copy, r, c));
-             return a;
-           },
-           py::arg("copy") = 0)
-      .def("records",
-           [](const SampleStore& s, int copy) {
-             py::array_t<uint8_t> a({static_cast<py::ssize_t>(s.rows()), static_cast<py::ssize_t>(s.record_bytes())});
-             std::memcpy(a.mutable_data(), s.record(copy, 0), s.bytes_per_copy());
-             return a;
-           },
-           py::arg("copy") = 0, "the raw records of one copy (rows x record_bytes)")
+      .def(
+          "intervals",
+          [](const SampleStore& s, int copy) {
+            py::array_t<uint8_t> a({static_cast<py::ssize_t>(s.rows()), static_cast<py::ssize_t>(s.cols())});
+            for (int64_t r = 0; r < s.rows(); ++r)
+              for (int64_t c = 0; c < s.cols(); ++c)
+                *a.mutable_data(r, c) = static_cast<uint8_t>(s.interval(copy, r, c));
+            return a;
+          },
+          py::arg("copy") = 0)
+      .def(
+          "records",
+          [](const SampleStore& s, int copy) {
+            py::array_t<uint8_t> a({static_cast<py::ssize_t>(s.rows()), static_cast<py::ssize_t>(s.record_bytes())});
+            std::memcpy(a.mutable_data(), s.record(copy, 0), s.bytes_per_copy());
+            return a;
+          },
+          py::arg("copy") = 0, "the raw records of one copy (rows x record_bytes)")
       .def("levels", &store_levels, "levels of each feature (cols x 2^bits)");
 
-  mod.def("optimal_feature_levels",
-          [](const FloatArray& u, int bits, int64_t candidates) {
-            const auto [rows, cols] = matrix_shape(u, "u");
-            const FeatureLevels lv = FeatureLevels::make_optimal(u.data(), rows, cols, bits, candidates);
-            return to_matrix(lv.table, cols, lv.count);
-          },
-          py::arg("u"), py::arg("bits"), py::arg("candidates") = 1024);
-  mod.def("chebyshev_logistic",
-          [](int degree, double range) {
-            const Chebyshev c = Chebyshev::logistic(degree, range);
-            return py::make_tuple(c.coef, c.max_error);
-          },
-          py::arg("degree"), py::arg("range"), "monomial coefficients in m / range, and the max error");
+  mod.def(
+      "optimal_feature_levels",
+      [](const FloatArray& u, int bits, int64_t candidates) {
+        const auto [rows, cols] = matrix_shape(u, "u");
+        const FeatureLevels lv = FeatureLevels::make_optimal(u.data(), rows, cols, bits, candidates);
+        return to_matrix(lv.table, cols, lv.count);
+      },
+      py::arg("u"), py::arg("bits"), py::arg("candidates") = 1024);
+  mod.def(
+      "chebyshev_logistic",
+      [](int degree, double range) {
+        const Chebyshev c = Chebyshev::logistic(degree, range);
+        return py::make_tuple(c.coef, c.max_error);
+      },
+      py::arg("degree"), py::arg("range"), "monomial coefficients in m / range, and the max error");
   mod.def("loss_value", [](const std::string& loss, double z, double y) { return loss_value(parse_loss(loss), z, y); });
   mod.def("loss_slope", [](const std::string& loss, double z, double y) { return loss_slope(parse_loss(loss), z, y); });
 
   // The kernels, one variant at a time (tests compare the variants).
-  mod.def("isa", [] { return std::string(active_kernels().name); }, "the kernel variant in use");
+  mod.def(
+      "isa", [] { return std::string(active_kernels().name); }, "the kernel variant in use");
   mod.def("set_isa", &set_isa, py::arg("name"), "scalar, avx2, avx512, or '' for the automatic choice");
   mod.def("available_isas", &available_isas);
-  mod.def("float_dot",
-          [](const FloatArray& a, const FloatArray& w, const std::string& isa) {
-            if (a.size() != w.size()) throw InputError("a and w must have the same length");
-            return with_isa(isa, [&](const Kernels& k) { return k.dot(a.data(), w.data(), a.size()); });
-          },
-          py::arg("a"), py::arg("w"), py::arg("isa") = "");
-  mod.def("float_gemv_t",
-          [](const FloatArray& rows, const FloatArray& e, const std::string& isa) {
-            const auto [n, cols] = matrix_shape(rows, "rows");
-            if (e.size() != n) throw InputError("e must have one value per row");
-            std::vector<const float*> ptrs(n);
-            for (int64_t k = 0; k < n; ++k) ptrs[k] = rows.data() + k * cols;
-            std::vector<float> g(cols);
-            with_isa(isa, [&](const Kernels& k) {
-              k.gemv_t(ptrs.data(), e.data(), n, cols, g.data());
-              return 0;
-            });
-            return to_array(g);
-          },
-          py::arg("rows"), py::arg("e"), py::arg("isa") = "");
-  mod.def("int_dot",
-          [](const SampleStore& s, int copy, int64_t row, int sample, py::array_t<int8_t, py::array::c_style> m,
-             int64_t c0, int64_t c1, const std::string& isa) {
-            if (m.size() < (c1 + 63) / 64 * 64) throw InputError("m must be padded with zeros to a multiple of 64");
-            if (!s.levels().uniform || s.index_bits() != (s.bits() == 1 ? 0 : s.bits()) ||
-                (s.bits() != 1 && s.bits() != 2 && s.bits() != 4 && s.bits() != 8))
-              throw InputError("the integer kernels take uniform 1, 2, 4 or 8-bit stores");
-            return with_isa(isa, [&](const Kernels& k) {
-              return k.int_dot(s.index_plane(copy, row), s.up_plane(copy, row, sample), m.data(), c0, c1, s.bits());
-            });
-          },
-          py::arg("store"), py::arg("copy"), py::arg("row"), py::arg("sample"), py::arg("m"), py::arg("c0"),
-          py::arg("c1"), py::arg("isa") = "");
-  mod.def("int_gemv_t",
-          [](const SampleStore& s, int copy, std::vector<int64_t> rows, int sample,
-             py::array_t<int8_t, py::array::c_style> t, int64_t c0, int64_t c1, const std::string& isa) {
-            if (rows.size() % 4 != 0 || static_cast<py::ssize_t>(rows.size()) != t.size())
-              throw InputError("rows must be a multiple of 4, with one t per row");
-            std::vector<const uint8_t*> index, up;
-            for (int64_t r : rows) {
-              index.push_back(s.index_plane(copy, r));
-              up.push_back(s.up_plane(copy, r, sample));
-            }
-            std::vector<int32_t> G((c1 - c0 + 63) / 64 * 64);
-            with_isa(isa, [&](const Kernels& k) {
-              k.int_gemv_t(index.data(), up.data(), t.data(), static_cast<int64_t>(rows.size()), c0, c1, s.bits(),
-                           G.data());
-              return 0;
-            });
-            G.resize(c1 - c0);
-            return to_array(G);
-          },
-          py::arg("store"), py::arg("copy"), py::arg("rows"), py::arg("sample"), py::arg("t"), py::arg("c0"),
-          py::arg("c1"), py::arg("isa") = "");
-  mod.def("quantize_symmetric",
-          [](const FloatArray& v, float scale, int bits, uint64_t seed, uint64_t offset, const std::string& isa) {
-            if (bits < 2 || bits > 8) throw InputError("bits must be from 2 to 8");
-            std::vector<float> values(v.size());
-            std::vector<int8_t> levels(v.size());
-            const int64_t sum = with_isa(isa, [&](const Kernels& k) {
-              return k.quantize_symmetric(v.data(), 0, v.size(), scale, bits, seed, offset, values.data(), levels.data());
-            });
-            return py::make_tuple(to_array(values), to_array(levels), sum);
-          },
-          py::arg("v"), py::arg("scale"), py::arg("bits"), py::arg("seed"), py::arg("offset"), py::arg("isa") = "",
-          "stochastic rounding on the symmetric grid of 2^bits - 1 levels: (values, integer levels, their sum)");
-  mod.def("decode_uniform",
-          [](const SampleStore& s, int copy, int64_t row, int sample, int64_t c0, int64_t c1, const std::string& isa) {
-            if (!s.levels().uniform || (s.bits() != 1 && s.bits() != 2 && s.bits() != 4 && s.bits() != 8) || c0 % 64)
-              throw InputError("decode_uniform takes uniform 1, 2, 4 or 8-bit stores and c0 a multiple of 64");
-            std::vector<float> out(c1 - c0);
-            with_isa(isa, [&](const Kernels& k) {
-              k.decode_uniform(s.index_plane(copy, row), s.up_plane(copy, row, sample), c0, c1, s.bits(), out.data());
-              return 0;
-            });
-            return to_array(out);
-          },
-          py::arg("store"), py::arg("copy"), py::arg("row"), py::arg("sample"), py::arg("c0"), py::arg("c1"),
-          py::arg("isa") = "");
-  mod.def("philox_words",
-          [](uint64_t seed, uint64_t offset, uint64_t first, int64_t n, const std::string& isa) {
-            std::vector<uint32_t> out(n);
-            with_isa(isa, [&](const Kernels& k) {
-              k.philox_words(seed, offset, first, n, out.data());
-              return 0;
-            });
-            return to_array(out);
-          },
-          py::arg("seed"), py::arg("offset"), py::arg("first"), py::arg("n"), py::arg("isa") = "");
-  mod.def("max_abs",
-          [](const FloatArray& v, const std::string& isa) {
-            return with_isa(isa, [&](const Kernels& k) { return k.max_abs(v.data(), 0, v.size()); });
-          },
-          py::arg("v"), py::arg("isa") = "");
+  mod.def(
+      "float_dot",
+      [](const FloatArray& a, const FloatArray& w, const std::string& isa) {
+        if (a.size() != w.size()) throw InputError("a and w must have the same length");
+        return with_isa(isa, [&](const Kernels& k) { return k.dot(a.data(), w.data(), a.size()); });
+      },
+      py::arg("a"), py::arg("w"), py::arg("isa") = "");
+  mod.def(
+      "float_gemv_t",
+      [](const FloatArray& rows, const FloatArray& e, const std::string& isa) {
+        const auto [n, cols] = matrix_shape(rows, "rows");
+        if (e.size() != n) throw InputError("e must have one value per row");
+        std::vector<const float*> ptrs(n);
+        for (int64_t k = 0; k < n; ++k) ptrs[k] = rows.data() + k * cols;
+        std::vector<float> g(cols);
+        with_isa(isa, [&](const Kernels& k) {
+          k.gemv_t(ptrs.data(), e.data(), n, cols, g.data());
+          return 0;
+        });
+        return to_array(g);
+      },
+      py::arg("rows"), py::arg("e"), py::arg("isa") = "");
+  mod.def(
+      "int_dot",
+      [](const SampleStore& s, int copy, int64_t row, int sample, py::array_t<int8_t, py::array::c_style> m, int64_t c0,
+         int64_t c1, const std::string& isa) {
+        if (m.size() < (c1 + 63) / 64 * 64) throw InputError("m must be padded with zeros to a multiple of 64");
+        if (!s.levels().uniform || s.index_bits() != (s.bits() == 1 ? 0 : s.bits()) ||
+            (s.bits() != 1 && s.bits() != 2 && s.bits() != 4 && s.bits() != 8))
+          throw InputError("the integer kernels take uniform 1, 2, 4 or 8-bit stores");
+        return with_isa(isa, [&](const Kernels& k) {
+          return k.int_dot(s.index_plane(copy, row), s.up_plane(copy, row, sample), m.data(), c0, c1, s.bits());
+        });
+      },
+      py::arg("store"), py::arg("copy"), py::arg("row"), py::arg("sample"), py::arg("m"), py::arg("c0"), py::arg("c1"),
+      py::arg("isa") = "");
+  mod.def(
+      "int_gemv_t",
+      [](const SampleStore& s, int copy, std::vector<int64_t> rows, int sample,
+         py::array_t<int8_t, py::array::c_style> t, int64_t c0, int64_t c1, const std::string& isa) {
+        if (rows.size() % 4 != 0 || static_cast<py::ssize_t>(rows.size()) != t.size())
+          throw InputError("rows must be a multiple of 4, with one t per row");
+        std::vector<const uint8_t*> index, up;
+        for (int64_t r : rows) {
+          index.push_back(s.index_plane(copy, r));
+          up.push_back(s.up_plane(copy, r, sample));
+        }
+        std::vector<int32_t> G((c1 - c0 + 63) / 64 * 64);
+        with_isa(isa, [&](const Kernels& k) {
+          k.int_gemv_t(index.data(), up.data(), t.data(), static_cast<int64_t>(rows.size()), c0, c1, s.bits(),
+                       G.data());
+          return 0;
+        });
+        G.resize(c1 - c0);
+        return to_array(G);
+      },
+      py::arg("store"), py::arg("copy"), py::arg("rows"), py::arg("sample"), py::arg("t"), py::arg("c0"), py::arg("c1"),
+      py::arg("isa") = "");
+  mod.def(
+      "quantize_symmetric",
+      [](const FloatArray& v, float scale, int bits, uint64_t seed, uint64_t offset, const std::string& isa) {
+        if (bits < 2 || bits > 8) throw InputError("bits must be from 2 to 8");
+        std::vector<float> values(v.size());
+        std::vector<int8_t> levels(v.size());
+        const int64_t sum = with_isa(isa, [&](const Kernels& k) {
+          return k.quantize_symmetric(v.data(), 0, v.size(), scale, bits, seed, offset, values.data(), levels.data());
+        });
+        return py::make_tuple(to_array(values), to_array(levels), sum);
+      },
+      py::arg("v"), py::arg("scale"), py::arg("bits"), py::arg("seed"), py::arg("offset"), py::arg("isa") = "",
+      "stochastic rounding on the symmetric grid of 2^bits - 1 levels: (values, integer levels, their sum)");
+  mod.def(
+      "decode_uniform",
+      [](const SampleStore& s, int copy, int64_t row, int sample, int64_t c0, int64_t c1, const std::string& isa) {
+        if (!s.levels().uniform || (s.bits() != 1 && s.bits() != 2 && s.bits() != 4 && s.bits() != 8) || c0 % 64)
+          throw InputError("decode_uniform takes uniform 1, 2, 4 or 8-bit stores and c0 a multiple of 64");
+        std::vector<float> out(c1 - c0);
+        with_isa(isa, [&](const Kernels& k) {
+          k.decode_uniform(s.index_plane(copy, row), s.up_plane(copy, row, sample), c0, c1, s.bits(), out.data());
+          return 0;
+        });
+        return to_array(out);
+      },
+      py::arg("store"), py::arg("copy"), py::arg("row"), py::arg("sample"), py::arg("c0"), py::arg("c1"),
+      py::arg("isa") = "");
+  mod.def(
+      "philox_words",
+      [](uint64_t seed, uint64_t offset, uint64_t first, int64_t n, const std::string& isa) {
+        std::vector<uint32_t> out(n);
+        with_isa(isa, [&](const Kernels& k) {
+          k.philox_words(seed, offset, first, n, out.data());
+          return 0;
+        });
+        return to_array(out);
+      },
+      py::arg("seed"), py::arg("offset"), py::arg("first"), py::arg("n"), py::arg("isa") = "");
+  mod.def(
+      "max_abs",
+      [](const FloatArray& v, const std::string& isa) {
+        return with_isa(isa, [&](const Kernels& k) { return k.max_abs(v.data(), 0, v.size()); });
+      },
+      py::arg("v"), py::arg("isa") = "");
   mod.def("hardware_threads", &hardware_threads);
 }

@@ -147,11 +147,20 @@ struct Run {
   std::vector<double> wmax, gmax;                      // per thread
   std::vector<int64_t> batch_order;
   std::vector<double> eval_partial;
-  int64_t refetched = 0;                               // rows refetched in the current epoch
+  int64_t refetched = 0;  // rows refetched in the current epoch
 
   Run(const Impl& impl, int t)
-      : m(impl), k(active_kernels()), threads(t), barrier(t), w(impl.cols64, 0.0f), wq(impl.cols64, 0.0f),
-        g(impl.cols64, 0.0f), avg(impl.cols64, 0.0f), m8(impl.cols64, 0), wmax(t, 0.0), gmax(t, 0.0) {
+      : m(impl),
+        k(active_kernels()),
+        threads(t),
+        barrier(t),
+        w(impl.cols64, 0.0f),
+        wq(impl.cols64, 0.0f),
+        g(impl.cols64, 0.0f),
+        avg(impl.cols64, 0.0f),
+        m8(impl.cols64, 0),
+        wmax(t, 0.0),
+        gmax(t, 0.0) {
     const size_t n = static_cast<size_t>(std::min(impl.o.batch_size, impl.rows) * impl.quantities() * impl.chunks);
     for (int p = 0; p < 2; ++p) {
       partial[p].assign(n, 0.0);
@@ -166,7 +175,7 @@ struct Work {
   int64_t k0 = 0, k1 = 0, c0 = 0, c1 = 0;
   double w0 = 0.0;
   double w0_avg = 0.0;
-  int64_t averaged = 0;  // steps in the average
+  int64_t averaged = 0;                                 // steps in the average
   std::vector<float> values, lower, width, wneg, wpos;  // per feature of the slice
   std::vector<float> block;                             // batch x slice decoded values
   std::vector<const float*> rows;
@@ -207,7 +216,6 @@ struct Work {
              : 0.0;
   }
 };
-
 
 // Rows are requested this far ahead of the forward pass: a thread reads its slice of each row in a
 // few short runs (and the gradient's round-up plane later), which the hardware prefetchers alone
@@ -273,8 +281,8 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
     if (m.fp32()) {
       R.k.dot_chunks(m.row(r) + W.c0, wf + W.c0, slice, m.chunk, q + W.k0);
     } else if (integer) {
-      const int64_t sum = R.k.int_dot(m.store->index_plane(copy, r), m.store->up_plane(copy, r, 0), R.m8.data(),
-                                      W.c0, W.c1, m.store->bits());
+      const int64_t sum = R.k.int_dot(m.store->index_plane(copy, r), m.store->up_plane(copy, r, 0), R.m8.data(), W.c0,
+                                      W.c1, m.store->bits());
       q[W.k0] = static_cast<double>(2 * sum - (K - 1) * W.msum);
       std::fill(q + W.k0 + 1, q + W.k1, 0.0);
     } else {
@@ -311,9 +319,7 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
     const double yk = m.y[r0 + kk];
     W.refetch[kk] = 0;
     switch (m.mode) {
-      case Mode::Plain:
-        W.e[kk] = loss_slope(o.loss, total(part, kk, 0, P) * dot_scale + W.w0, yk);
-        break;
+      case Mode::Plain: W.e[kk] = loss_slope(o.loss, total(part, kk, 0, P) * dot_scale + W.w0, yk); break;
       case Mode::Chebyshev: {
         // Horner with one independent sample per factor: unbiased for the polynomial (Section 6.2).
         double acc = 0.0;
@@ -462,13 +468,15 @@ Trainer::Trainer(const float* x, const float* y, int64_t rows, int64_t cols, con
                          ? "decay must be in (0, 1] for the exponential schedule, got " + std::to_string(o.decay)
                          : "decay must be >= 0, got " + std::to_string(o.decay));
   if (!(o.l2 >= 0.0) || !std::isfinite(o.l2)) throw InputError("l2 must be >= 0, got " + std::to_string(o.l2));
-  if (o.copies < 0) throw InputError("copies must be >= 1, or 0 for fresh samples every epoch, got " +
-                                     std::to_string(o.copies));
+  if (o.copies < 0)
+    throw InputError("copies must be >= 1, or 0 for fresh samples every epoch, got " + std::to_string(o.copies));
   if (o.threads < 0) throw InputError("threads must be >= 0 (0: all), got " + std::to_string(o.threads));
   if (o.candidates < 2) throw InputError("candidates must be >= 2, got " + std::to_string(o.candidates));
-  if (o.average_from < -1)
-    throw InputError("average must be None (-1) or the epoch from which iterates are averaged, got " +
-                     std::to_string(o.average_from));
+  if (!(o.average_from >= 0.0 || o.average_from == -1.0))
+    throw InputError(
+        "average must be None (-1) or the training time (in epochs, >= 0) from which iterates are "
+        "averaged, got " +
+        std::to_string(o.average_from));
 
   m.rows = rows;
   m.cols = cols;
@@ -510,8 +518,8 @@ Trainer::Trainer(const float* x, const float* y, int64_t rows, int64_t cols, con
         "engine='integer' needs sampling nearest, naive or double with a linear gradient (double sampling of "
         "logistic and hinge losses is float only), uniform levels, bits 1, 2, 4 or 8, model_bits from 2 "
         "to 8, and batch_size <= 16384");
-  m.engine = (o.engine == Engine::Integer || (o.engine == Engine::Auto && integer_ok)) ? Engine::Integer
-                                                                                      : Engine::Float;
+  m.engine =
+      (o.engine == Engine::Integer || (o.engine == Engine::Auto && integer_ok)) ? Engine::Integer : Engine::Float;
 
   m.scaling = o.scale ? Scaling::fit(x, rows, cols) : Scaling::identity(x, rows, cols);
   m.order = permutation(rows, o.seed, kStreamOrder);
@@ -555,8 +563,8 @@ double Trainer::objective(const std::vector<float>& w, double w0) const {
   return evaluate_total(R, R.w.data());
 }
 
-std::pair<std::vector<double>, double> Trainer::gradient(const std::vector<float>& w, double w0, int64_t r0,
-                                                         int64_t r1, int copy, uint64_t step_id) {
+std::pair<std::vector<double>, double> Trainer::gradient(const std::vector<float>& w, double w0, int64_t r0, int64_t r1,
+                                                         int copy, uint64_t step_id) {
   const Impl& m = *impl_;
   if (static_cast<int64_t>(w.size()) != m.cols)
     throw InputError("w must have " + std::to_string(m.cols) + " values, got " + std::to_string(w.size()));
@@ -589,6 +597,7 @@ Result Trainer::fit() {
   Result res;
   const int64_t sample_bytes = m.store ? m.store->bytes_per_copy() : m.rows * m.cols * 4;
   double final_w0 = 0.0;
+  bool averaged = false;  // some step was averaged: the result is the average
   const int64_t start_realisation = m.realisation;
   run_team(m.threads, [&](int tid) {
     Work W(m, tid, m.threads);
@@ -614,12 +623,11 @@ Result Trainer::fit() {
       }
       R.barrier.wait();
       const auto start = std::chrono::steady_clock::now();
-      const bool averaging = o.average_from >= 0 && epoch >= o.average_from;
       for (int64_t b = 0; b < nbatches; ++b, ++step_id) {
         const int64_t r0 = R.batch_order[b] * o.batch_size, r1 = std::min(m.rows, r0 + o.batch_size);
-        const double gamma = step_at(o, epoch + static_cast<double>(b) / static_cast<double>(nbatches));
-        step(R, W, r0, r1, copy, step_id, gamma, true, static_cast<int>(step_id & 1));
-        if (averaging) {  // Polyak-Ruppert: the mean of the iterates since epoch average_from
+        const double time = epoch + static_cast<double>(b) / static_cast<double>(nbatches);  // in epochs
+        step(R, W, r0, r1, copy, step_id, step_at(o, time), true, static_cast<int>(step_id & 1));
+        if (o.average_from >= 0 && time >= o.average_from) {  // Polyak-Ruppert: the mean of the iterates
           const float f = 1.0f / static_cast<float>(++W.averaged);
           for (int64_t j = W.c0; j < W.c1; ++j) R.avg[j] += (R.w[j] - R.avg[j]) * f;
           W.w0_avg += (W.w0 - W.w0_avg) / static_cast<double>(W.averaged);
@@ -631,12 +639,14 @@ Result Trainer::fit() {
         res.bytes_read.push_back(sample_bytes + m.rows * 4 + R.refetched * m.cols * 4);
         res.refetch_fraction.push_back(static_cast<double>(R.refetched) / static_cast<double>(m.rows));
       }
-      if (o.record_loss) record(averaging);
+      if (o.record_loss) record(W.averaged > 0);
     }
-    if (tid == 0) final_w0 = W.averaged > 0 ? W.w0_avg : W.w0;
+    if (tid == 0) {
+      final_w0 = W.averaged > 0 ? W.w0_avg : W.w0;
+      averaged = W.averaged > 0;
+    }
   });
   if (m.fresh && o.epochs > 0) impl_->realisation = o.epochs - 1;
-  const bool averaged = o.average_from >= 0 && o.average_from < o.epochs;
   res.w.assign((averaged ? R.avg : R.w).begin(), (averaged ? R.avg : R.w).begin() + m.cols);
   res.w0 = final_w0;
   std::tie(res.coef, res.intercept) = unscale(m.scaling, res.w, res.w0);

@@ -41,30 +41,31 @@ const char* sampling_name(Sampling s);
 struct Options {
   Loss loss = Loss::LeastSquares;
   Sampling sampling = Sampling::Double;
-  int bits = 8;                  // data bits, 1 to 8
-  bool optimal_levels = false;   // variance-optimal levels per feature instead of the uniform grid
-  int64_t candidates = 1024;     // candidate points of the optimal-levels dynamic program
-  int model_bits = 0;            // 0: the model is read in full precision; else 2 to 16
-  int grad_bits = 0;             // 0: full-precision gradient; else 2 to 16
+  int bits = 8;                 // data bits, 1 to 8
+  bool optimal_levels = false;  // variance-optimal levels per feature instead of the uniform grid
+  int64_t candidates = 1024;    // candidate points of the optimal-levels dynamic program
+  int model_bits = 0;           // 0: the model is read in full precision; else 2 to 16
+  int grad_bits = 0;            // 0: full-precision gradient; else 2 to 16
   int epochs = 10;
   int64_t batch_size = 16;
   double step_size = 0.1;
   Schedule schedule = Schedule::Constant;  // step at training time t (in epochs): see step_at
   double decay = 0.0;
-  double l2 = 0.0;               // objective: mean loss + l2 / 2 * |w|^2 (the intercept is not penalised)
-  int copies = 1;                // independent quantized copies, one per epoch in turn; 0: fresh
-                                 // samples every epoch (one copy, redrawn between epochs: what
-                                 // `epochs` stored copies hold, untimed, in the memory of one)
+  double l2 = 0.0;  // objective: mean loss + l2 / 2 * |w|^2 (the intercept is not penalised)
+  int copies = 1;   // independent quantized copies, one per epoch in turn; 0: fresh
+                    // samples every epoch (one copy, redrawn between epochs: what
+                    // `epochs` stored copies hold, untimed, in the memory of one)
   uint64_t seed = 0;
-  int threads = 1;               // 0: all hardware threads
+  int threads = 1;  // 0: all hardware threads
   Engine engine = Engine::Auto;
-  bool scale = true;             // false: X is already in [-1, 1] and is used as is
+  bool scale = true;  // false: X is already in [-1, 1] and is used as is
   bool fit_intercept = true;
   int degree = 7;                // Chebyshev degree (logistic, double sampling)
   double chebyshev_range = 6.0;  // the polynomial approximates l' on [-range, range]
   bool record_loss = true;       // evaluate the objective after every epoch
-  int average_from = -1;         // >= 0: return (and record) the mean of the iterates of the steps
-                                 // from this epoch on (Polyak-Ruppert averaging); -1: the last iterate
+  double average_from = -1;      // >= 0: return (and record) the mean of the iterates of the steps
+                                 // from this training time on (in epochs, fractions allowed; Polyak-
+                                 // Ruppert averaging); -1: the last iterate
 };
 
 // The step size after t epochs of training (t = e + b / batches at batch b of epoch e, so the step
@@ -73,8 +74,8 @@ struct Options {
 double step_at(const Options& o, double epoch);
 
 struct Result {
-  std::vector<float> w;   // model on the scaled features
-  double w0 = 0.0;        // intercept on the scaled features
+  std::vector<float> w;      // model on the scaled features
+  double w0 = 0.0;           // intercept on the scaled features
   std::vector<double> coef;  // the same model on the original features
   double intercept = 0.0;
   Scaling scaling;
@@ -110,9 +111,9 @@ class Trainer {
 
   const Options& options() const;
   const Scaling& scaling() const;
-  const SampleStore* store() const;        // nullptr for fp32
-  const std::vector<float>& scaled() const;  // rows x cols, training order
-  const std::vector<float>& labels() const;  // training order
+  const SampleStore* store() const;           // nullptr for fp32
+  const std::vector<float>& scaled() const;   // rows x cols, training order
+  const std::vector<float>& labels() const;   // training order
   const std::vector<int64_t>& order() const;  // training row r is input row order[r]
   Engine engine() const;
   const Chebyshev* chebyshev() const;

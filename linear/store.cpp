@@ -28,7 +28,8 @@ void pack_codes(const uint8_t* codes, int64_t n, int bits, uint8_t* out) {
       return;
     case 2:
       for (int64_t b = 0; b < bytes; ++b)
-        out[b] = static_cast<uint8_t>(codes[4 * b] | codes[4 * b + 1] << 2 | codes[4 * b + 2] << 4 | codes[4 * b + 3] << 6);
+        out[b] =
+            static_cast<uint8_t>(codes[4 * b] | codes[4 * b + 1] << 2 | codes[4 * b + 2] << 4 | codes[4 * b + 3] << 6);
       return;
     case 4:
       for (int64_t b = 0; b < bytes; ++b) out[b] = static_cast<uint8_t>(codes[2 * b] | codes[2 * b + 1] << 4);
@@ -92,7 +93,8 @@ void SampleStore::fill(const float* u, int64_t row0, int64_t row1, int slots, in
       std::copy(packed.begin(), packed.end(), out);
       for (int sample = 0; sample < samples_; ++sample) {
         if (nearest_) {
-          for (int64_t c = 0; c < cols_; ++c) up[c] = static_cast<uint8_t>(kernel::round_up(frac[c], kernel::kNearest, 0));
+          for (int64_t c = 0; c < cols_; ++c)
+            up[c] = static_cast<uint8_t>(kernel::round_up(frac[c], kernel::kNearest, 0));
         } else {
           const uint64_t stream = static_cast<uint64_t>(first_realisation + slot) * samples_ + sample;
           k.philox_words(seed_, stream, static_cast<uint64_t>(row * cols_), cols_, words.data());

@@ -29,8 +29,8 @@ class SampleStore {
  public:
   SampleStore() = default;
   // u: rows x cols in [-1, 1] (the scaled training data in training order).
-  static SampleStore build(const float* u, int64_t rows, int64_t cols, FeatureLevels levels, int samples,
-                           int copies, bool nearest, uint64_t seed, int threads);
+  static SampleStore build(const float* u, int64_t rows, int64_t cols, FeatureLevels levels, int samples, int copies,
+                           bool nearest, uint64_t seed, int threads);
 
   // Fresh samples: rewrites rows [row0, row1) of a one-copy stochastic store with the samples of
   // copy `realisation` of the same seed (what copy `realisation` of a larger store would hold).

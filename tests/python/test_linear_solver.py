@@ -319,6 +319,8 @@ def test_averaging_returns_the_mean_of_the_iterates():
     assert avg["loss_history"][-1] == pytest.approx(t.objective(avg["w"], avg["w0"]), rel=1e-6)
     last = fit(X, y, epochs=2, average=1, **common)  # averaging one iterate is the iterate
     np.testing.assert_array_equal(last["w"], w2["w"])
+    late = fit(X, y, epochs=2, average=1.5, **common)  # no step after 1.5 epochs (one step per epoch)
+    np.testing.assert_array_equal(late["w"], w2["w"])
 
 
 def test_loss_history_and_bytes():
@@ -389,6 +391,14 @@ def test_bad_options_name_the_argument(options, message):
     X, y = problem(rows=10, cols=4, classify="loss" in options and options["loss"] != "least_squares")
     with pytest.raises(ValueError, match=message):
         trainer(X, y, **options)
+
+
+def test_seed_range():
+    X, y = problem(rows=10, cols=4)
+    trainer(X, y, seed=2**64 - 1)
+    for seed in (-1, 2**64):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
+            trainer(X, y, seed=seed)
 
 
 def test_bad_data_names_the_argument():

@@ -64,7 +64,7 @@ def _parser():
     t.add_argument("--engine", choices=["auto", "float", "integer"], default="auto")
     t.add_argument("--degree", type=int, default=7, help="logistic: Chebyshev degree")
     t.add_argument("--chebyshev-range", type=float, default=6.0)
-    t.add_argument("--average", type=int, default=None, help="average the iterates from this epoch on")
+    t.add_argument("--average", type=float, default=None, help="average the iterates from this epoch on")
     t.add_argument("--no-scale", action="store_true", help="the data are already in [-1, 1]")
     t.add_argument("--test", help="also evaluate on this file")
     t.add_argument("--out", help="where to save the model (JSON)")

@@ -75,8 +75,9 @@ class _ZipMLLinear:
         engine: "auto", "float" or "integer" (the integer SIMD path: uniform 1, 2, 4 or 8-bit data
             and model_bits <= 8; it also rounds each mini-batch's residuals to 8 bits, unbiasedly).
         scale: scale each feature to [-1, 1] on the training data (False: X is already in [-1, 1]).
-        average: None, or the epoch from which the SGD iterates are averaged (Polyak-Ruppert); the
-            fitted model and the loss history of those epochs are the average's.
+        average: None, or the training time (in epochs, fractions allowed) from which the SGD
+            iterates are averaged (Polyak-Ruppert); the fitted model and the loss history from then
+            on are the average's.
 
     Fitted attributes: coef_, intercept_ (on the original features), loss_history_ (the objective
     on the full-precision training data before training and after every epoch), bytes_read_ (bytes
@@ -92,7 +93,7 @@ class _ZipMLLinear:
                  step_size: float = 0.1, batch_size: int = 16, seed: int = 0, l2: float = 0.0,
                  schedule: str = "constant", decay: float = 0.0, copies: int = 4,
                  n_jobs: Optional[int] = None, engine: str = "auto", scale: bool = True,
-                 fit_intercept: bool = True, candidates: int = 1024, average: Optional[int] = None):
+                 fit_intercept: bool = True, candidates: int = 1024, average: Optional[float] = None):
         self.bits = bits
         self.sampling = sampling
         self.levels = levels

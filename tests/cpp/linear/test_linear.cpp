@@ -48,8 +48,8 @@ TEST(Store, SamplesFollowTheCoresDefinition) {
   const int64_t rows = 13, cols = 37;
   const std::vector<float> u = uniform_data(rows, cols, 1);
   for (int bits : {1, 2, 3, 4, 8}) {
-    const zl::SampleStore s = zl::SampleStore::build(u.data(), rows, cols, zl::FeatureLevels::make_uniform(bits), 2,
-                                                     3, false, 77, 2);
+    const zl::SampleStore s =
+        zl::SampleStore::build(u.data(), rows, cols, zl::FeatureLevels::make_uniform(bits), 2, 3, false, 77, 2);
     EXPECT_EQ(s.record_bytes(), 40 * ((bits == 1 ? 0 : bits) + 2) / 8);
     for (int copy = 0; copy < 3; ++copy)
       for (int sample = 0; sample < 2; ++sample)
@@ -73,8 +73,8 @@ TEST(Kernels, VariantsAgreeWithTheScalarReference) {
   if (zl::avx2_kernels()) variants.push_back(zl::avx2_kernels());
   if (zl::avx512_kernels()) variants.push_back(zl::avx512_kernels());
   for (int bits : {1, 2, 4, 8}) {
-    const zl::SampleStore s = zl::SampleStore::build(u.data(), rows, cols, zl::FeatureLevels::make_uniform(bits), 2,
-                                                     1, false, 9, 1);
+    const zl::SampleStore s =
+        zl::SampleStore::build(u.data(), rows, cols, zl::FeatureLevels::make_uniform(bits), 2, 1, false, 9, 1);
     std::vector<const uint8_t*> index, up;
     for (int64_t r = 0; r < rows; ++r) {
       index.push_back(s.index_plane(0, r));
@@ -98,8 +98,8 @@ TEST(Kernels, VariantsAgreeWithTheScalarReference) {
   const std::vector<float> v = uniform_data(1, 300, 4);
   std::vector<float> ref_f(300), f(300);
   std::vector<int8_t> ref_i(300), i8(300);
-  const int64_t ref_sum = zl::scalar_kernels().quantize_symmetric(v.data(), 0, 300, 0.9f, 8, 5, 6, ref_f.data(),
-                                                                  ref_i.data());
+  const int64_t ref_sum =
+      zl::scalar_kernels().quantize_symmetric(v.data(), 0, 300, 0.9f, 8, 5, 6, ref_f.data(), ref_i.data());
   for (const zl::Kernels* k : variants) {
     EXPECT_EQ(k->quantize_symmetric(v.data(), 0, 300, 0.9f, 8, 5, 6, f.data(), i8.data()), ref_sum) << k->name;
     EXPECT_EQ(f, ref_f) << k->name;
