@@ -28,7 +28,8 @@ full-precision data. What the accelerator does differently from the software sol
   power of two (an exact change of variables for SGD);
 * sampling "fp32" runs the float design (16 floats per line, converted to Q1.23 in the lanes);
   levels must be uniform; model_bits and grad_bits must be None (the model stays on chip);
-  schedule "constant", or "exponential" with decay 0.5 (one more shift per epoch).
+  schedule "constant", or "exponential" with decay 0.5 (one more shift at each epoch boundary;
+  the software solver decays smoothly within epochs).
 """
 
 from __future__ import annotations

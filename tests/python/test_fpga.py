@@ -126,3 +126,36 @@ def test_what_the_accelerator_cannot_do_is_named(change, match):
 def test_classifier_labels_are_checked():
     with pytest.raises(ValueError, match="-1 or \\+1"):
         _fpga.train(np.clip(X[:20], -1, 1), np.arange(20, dtype=np.float32), dict(loss="logistic"))
+
+
+# -- the estimators' device="fpga-sim" and zipml-linear --device --------------------------------
+
+def test_estimators_train_on_the_accelerator():
+    from torch_zipml.linear import LogisticRegression, LSSVM, SVM, model_from_dict, model_to_dict
+
+    cpu = LinearRegression(bits=4, epochs=6, step_size=0.125, seed=1).fit(X, Y_REG)
+    hw = LinearRegression(bits=4, epochs=6, step_size=0.125, seed=1, device="fpga-sim").fit(X, Y_REG)
+    assert hw.engine_ == "fpga-sim" and "4-bit design" in hw.isa_
+    assert len(hw.loss_history_) == 7 and len(hw.epoch_seconds_) == 6
+    assert hw.score(X, Y_REG) == pytest.approx(cpu.score(X, Y_REG), abs=0.01)
+    again = model_from_dict(model_to_dict(hw))
+    assert again.device == "fpga-sim"
+    np.testing.assert_allclose(again.predict(X), hw.predict(X))
+    for model in (LSSVM(bits=8, epochs=4, step_size=0.0625, device="fpga-sim"),
+                  LogisticRegression(bits=8, epochs=4, step_size=0.5, device="fpga-sim"),
+                  SVM(loss="squared_hinge", bits=8, epochs=4, step_size=0.0625, device="fpga-sim")):
+        assert model.fit(X, Y_CLS).score(X, Y_CLS) > 0.9, type(model).__name__
+    with pytest.raises(ValueError, match="loss"):
+        SVM(device="fpga-sim").fit(X[:50], Y_CLS[:50])  # hinge
+    with pytest.raises(ValueError, match="device"):
+        LinearRegression(device="gpu").fit(X[:50], Y_REG[:50])
+
+
+def test_cli_device_flag(tmp_path, capsys):
+    from torch_zipml.linear.__main__ import main
+
+    path = tmp_path / "train.csv"
+    np.savetxt(path, np.hstack([X[:400], Y_REG[:400, None]]), delimiter=",", fmt="%.6f")
+    assert main(["train", str(path), "--bits", "2", "--epochs", "3", "--step-size", "0.125", "--device", "fpga-sim"]) == 0
+    text = capsys.readouterr().out
+    assert "engine fpga-sim (2-bit design, 128 lanes, harp_v1)" in text
