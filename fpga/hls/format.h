@@ -36,11 +36,11 @@
 
 namespace zipml::fpga {
 
-constexpr int kFrac = 23;                // fractional bits of model, labels and residuals
+constexpr int kFrac = 23;  // fractional bits of model, labels and residuals
 constexpr int32_t kOne = int32_t{1} << kFrac;
-constexpr int kGuard = 23;               // extra fractional bits of the row scalar h
-constexpr int kMaxShift = 63 - kGuard;   // step shifts beyond this would shift out everything
-constexpr int kFloatBits = 32;           // the precision "bits" of the float baseline design
+constexpr int kGuard = 23;              // extra fractional bits of the row scalar h
+constexpr int kMaxShift = 63 - kGuard;  // step shifts beyond this would shift out everything
+constexpr int kFloatBits = 32;          // the precision "bits" of the float baseline design
 
 enum class Loss : uint32_t { LeastSquares = 0, LSSVM = 1, Logistic = 2, L2SVM = 3 };
 
@@ -52,7 +52,7 @@ inline bool valid_loss(uint32_t loss) { return loss <= 3; }
 inline int32_t float_to_fixed(uint32_t bits) {
   const int exponent = static_cast<int>((bits >> 23) & 0xFF);
   const int64_t significand = (bits & 0x7FFFFF) | 0x800000;  // value = significand 2^(exponent - 150)
-  const int shift = exponent - 127;                           // u 2^23 = significand 2^shift
+  const int shift = exponent - 127;                          // u 2^23 = significand 2^shift
   int64_t magnitude;
   if (exponent == 0) {
     magnitude = 0;  // zero and subnormals (< 2^-126)
@@ -74,9 +74,9 @@ struct Format {
   static_assert(Q == 1 || Q == 2 || Q == 4 || Q == 8 || Q == kFloatBits, "precision must be 1, 2, 4, 8 or 32");
   static constexpr bool kFloat = Q == kFloatBits;
   static constexpr int kBits = Q;
-  static constexpr int kSlotBits = kFloat ? 32 : 2 * Q;      // bits per feature in a line
-  static constexpr int kPerLine = Line::kBits / kSlotBits;   // feature slots per line
-  static constexpr int kLabelSlots = 32 / kSlotBits;         // slots the label takes
+  static constexpr int kSlotBits = kFloat ? 32 : 2 * Q;     // bits per feature in a line
+  static constexpr int kPerLine = Line::kBits / kSlotBits;  // feature slots per line
+  static constexpr int kLabelSlots = 32 / kSlotBits;        // slots the label takes
   static constexpr int kSamples = kFloat ? 1 : 2;
   static constexpr int64_t kDenominator = kFloat ? int64_t{1} << 23 : (int64_t{1} << Q) - 1;
 
@@ -91,7 +91,9 @@ struct Format {
     return kFloat ? asr(p, kFrac) : p;
   }
 
-  static int32_t term_of_code(uint32_t code) { return static_cast<int32_t>(2 * code) - static_cast<int32_t>(kDenominator); }
+  static int32_t term_of_code(uint32_t code) {
+    return static_cast<int32_t>(2 * code) - static_cast<int32_t>(kDenominator);
+  }
   static int32_t term(const Line& line, int slot, int sample) {
     // (a plain if on a constant: both branches are valid for every Q, and HLS front ends that
     // predate C++17 accept it)
@@ -121,13 +123,17 @@ RowScalar row_scalar(int64_t dot_sum, int32_t x0, int32_t label, Loss loss) {
   int64_t e = 0;
   switch (loss) {
     case Loss::LeastSquares:
-    case Loss::LSSVM: e = z - label; break;
+    case Loss::LSSVM:
+      e = z - label;
+      break;
     case Loss::L2SVM: {  // squared hinge max(0, 1 - b z)^2: slope 2 (z - b) inside the margin
       const bool inside = label > 0 ? z < kOne : z > -kOne;
       e = inside ? 2 * (z - label) : 0;
       break;
     }
-    case Loss::Logistic: e = sigmoid_fixed(z) - (label > 0 ? kOne : 0); break;
+    case Loss::Logistic:
+      e = sigmoid_fixed(z) - (label > 0 ? kOne : 0);
+      break;
   }
   const int32_t e32 = sat32(e);
   return RowScalar{e32, floor_div(static_cast<int64_t>(e32) * (int64_t{1} << kGuard), F::kDenominator)};
@@ -139,7 +145,9 @@ inline int32_t lane_update(int32_t x, int64_t h, int32_t t2, int shift, int ridg
   return sat32(static_cast<int64_t>(x) - rshift_round(h * t2, shift + kGuard) - ridge);
 }
 
-inline int32_t intercept_update(int32_t x0, int32_t e, int shift) { return sat32(static_cast<int64_t>(x0) - rshift_round(e, shift)); }
+inline int32_t intercept_update(int32_t x0, int32_t e, int shift) {
+  return sat32(static_cast<int64_t>(x0) - rshift_round(e, shift));
+}
 
 // The model written after every epoch: ceil((n + 1) / 16) lines of 16 int32 words, the features'
 // weights then the intercept (word n).
@@ -147,18 +155,18 @@ constexpr int64_t model_lines(int64_t n) { return (n + 1 + 15) / 16; }
 
 // The kernel's run-time configuration (an AXI-Lite register file in hardware).
 struct SgdConfig {
-  uint32_t rows = 0;           // m
-  uint32_t cols = 0;           // n, the features (the intercept is kept apart)
+  uint32_t rows = 0;  // m
+  uint32_t cols = 0;  // n, the features (the intercept is kept apart)
   uint32_t epochs = 1;
-  uint32_t copies = 1;         // epoch e reads copy e % copies of the data
-  uint32_t batch_log2 = 0;     // mini-batch of 2^batch_log2 rows
-  uint32_t step_shift = 12;    // step 2^-(step_shift + (first_epoch + e) / decay_every)
-  uint32_t decay_every = 0;    // 0: constant step
-  uint32_t first_epoch = 0;    // the epoch number of this call's first epoch (for the decay)
-  uint32_t l2_shift = 0;       // 0: no ridge; else x -= asr(x, l2_shift) every row (+1 per step halving)
-  uint32_t loss = 0;           // Loss
+  uint32_t copies = 1;       // epoch e reads copy e % copies of the data
+  uint32_t batch_log2 = 0;   // mini-batch of 2^batch_log2 rows
+  uint32_t step_shift = 12;  // step 2^-(step_shift + (first_epoch + e) / decay_every)
+  uint32_t decay_every = 0;  // 0: constant step
+  uint32_t first_epoch = 0;  // the epoch number of this call's first epoch (for the decay)
+  uint32_t l2_shift = 0;     // 0: no ridge; else x -= asr(x, l2_shift) every row (+1 per step halving)
+  uint32_t loss = 0;         // Loss
   uint32_t fit_intercept = 1;
-  uint32_t load_model = 0;     // 1: start from model_in (model_lines(n) lines), else from zero
+  uint32_t load_model = 0;  // 1: start from model_in (model_lines(n) lines), else from zero
 };
 
 inline int epoch_shift(const SgdConfig& c, uint32_t epoch) {

@@ -42,8 +42,8 @@ struct Line {
 struct SimulationError : std::logic_error {
   using std::logic_error::logic_error;
 };
-#define ZIPML_SIM_CHECK(cond, msg) \
-  do {                             \
+#define ZIPML_SIM_CHECK(cond, msg)                          \
+  do {                                                      \
     if (!(cond)) throw ::zipml::fpga::SimulationError(msg); \
   } while (0)
 #else

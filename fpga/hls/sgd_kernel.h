@@ -53,9 +53,9 @@ struct Design {
   // multiply 1, adder tree log2(LANES), accumulate 1, divide by the constant D 2, loss (compare or
   // table) 1, h 1. An assumption of the design, to be replaced by the csynth schedule.
   static constexpr int kLatency = kTreeDepth + 6;
-  static constexpr int kInDepth = 64;                          // lines prefetched from memory
-  static constexpr int kRowDepth = kMaxLines + kLatency + 8;   // lines waiting for the update side
-  static constexpr int kScalarSlots = kLatency + 4;            // rows between dot end and update start
+  static constexpr int kInDepth = 64;                         // lines prefetched from memory
+  static constexpr int kRowDepth = kMaxLines + kLatency + 8;  // lines waiting for the update side
+  static constexpr int kScalarSlots = kLatency + 4;           // rows between dot end and update start
 };
 
 struct MemoryModel {
@@ -132,23 +132,23 @@ void sgd_kernel(const Line* data, const Line* model_in, Line* model_out, const S
   ZIPML_PRAGMA(HLS ARRAY_PARTITION variable = delay_valid complete)
   for (int i = 0; i < Dz::kLatency; ++i) delay_valid[i] = false;
 
-  int64_t init_line = 0;                                      // model lines loaded or cleared
-  int64_t read_lines = 0;                                     // memory reader
-  int64_t d_epoch = 0, d_row = 0, d_group = 0, d_batch = 0;   // dot side (d_batch counts across epochs)
+  int64_t init_line = 0;                                     // model lines loaded or cleared
+  int64_t read_lines = 0;                                    // memory reader
+  int64_t d_epoch = 0, d_row = 0, d_group = 0, d_batch = 0;  // dot side (d_batch counts across epochs)
   int64_t acc = 0;
-  int64_t u_epoch = 0, u_row = 0, u_group = 0;                // update side
+  int64_t u_epoch = 0, u_row = 0, u_group = 0;  // update side
   bool u_active = false;
   RowScalar u_scalar{0, 0};
-  int64_t closed_batches = 0, closing_progress = 0;           // batch sync
-  int64_t outstanding = 0;                                    // rows between dot end and update start
-  int64_t written_epochs = 0, w_line = 0;                     // model write-out
+  int64_t closed_batches = 0, closing_progress = 0;  // batch sync
+  int64_t outstanding = 0;                           // rows between dot end and update start
+  int64_t written_epochs = 0, w_line = 0;            // model write-out
   bool w_pending = false;
 
 #ifndef __SYNTHESIS__
   const int64_t line_cost = int64_t{64} << 16;  // the token bucket, in 1/65536 bytes
-  const int64_t per_cycle =
-      mem.bytes_per_cycle > 0 && mem.bytes_per_cycle < 64 ? static_cast<int64_t>(mem.bytes_per_cycle * 65536.0 + 0.5)
-                                                          : line_cost;
+  const int64_t per_cycle = mem.bytes_per_cycle > 0 && mem.bytes_per_cycle < 64
+                                ? static_cast<int64_t>(mem.bytes_per_cycle * 65536.0 + 0.5)
+                                : line_cost;
   int64_t credits = 0;
   if (stats) *stats = KernelStats{};
 #endif

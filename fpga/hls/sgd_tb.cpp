@@ -45,8 +45,10 @@ int check(const char* name, Top top, int bits, int64_t rows, int64_t cols, Loss 
     const bool classifier = loss == Loss::Logistic || loss == Loss::L2SVM || loss == Loss::LSSVM;
     d.labels[r] = to_fixed(classifier ? (z > 0 ? 1.0 : -1.0) : 0.1 * z);
   }
-  if (bits == kFloatBits) d.values = u;
-  else quantize_double_sampled(u.data(), rows, cols, bits, d.copies, seed, 0, d.codes);
+  if (bits == kFloatBits)
+    d.values = u;
+  else
+    quantize_double_sampled(u.data(), rows, cols, bits, d.copies, seed, 0, d.codes);
 
   SgdConfig cfg;
   cfg.rows = static_cast<uint32_t>(rows);
@@ -75,7 +77,8 @@ int check_top(const char* name, Top top, int bits) {
   for (int64_t cols : shapes)
     for (int loss = 0; loss < 4; ++loss)
       for (int batch_log2 : {0, 3})
-        failures += check(name, top, bits, 37, cols, static_cast<Loss>(loss), batch_log2, 1000 * cols + 10 * loss + batch_log2);
+        failures +=
+            check(name, top, bits, 37, cols, static_cast<Loss>(loss), batch_log2, 1000 * cols + 10 * loss + batch_log2);
   return failures;
 }
 

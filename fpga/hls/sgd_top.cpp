@@ -4,6 +4,7 @@
 
 // AXI interfaces: the data and the models through two m_axi bundles (512-bit words), the
 // configuration and start/done through AXI-Lite. The depths are for co-simulation only.
+// clang-format off
 #define ZIPML_SGD_TOP(name, Q, LANES)                                                                            \
   void name(const Line* data, const Line* model_in, Line* model_out, SgdConfig cfg) {                          \
     ZIPML_PRAGMA(HLS INTERFACE m_axi port = data offset = slave bundle = gmem0 max_read_burst_length = 64 \
@@ -14,6 +15,7 @@
     ZIPML_PRAGMA(HLS INTERFACE s_axilite port = return)                                                         \
     sgd_kernel<Q, LANES, kZipmlTopMaxFeatures>(data, model_in, model_out, cfg, MemoryModel{}, nullptr);          \
   }
+// clang-format on
 
 using namespace zipml::fpga;
 

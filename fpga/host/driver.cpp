@@ -29,18 +29,24 @@ DesignInfo info() {
 
 int default_lanes(int bits) {
   switch (bits) {
-    case 1: return 128;
-    case 2: return 128;
-    case 4: return 64;
-    case 8: return 32;
-    case kFloatBits: return 16;
+    case 1:
+      return 128;
+    case 2:
+      return 128;
+    case 4:
+      return 64;
+    case 8:
+      return 32;
+    case kFloatBits:
+      return 16;
   }
   throw std::invalid_argument("bits must be one of 1, 2, 4, 8 or 32 (float), got " + std::to_string(bits));
 }
 
 std::string design_list() {
   std::string s;
-  for (const DesignInfo& d : designs()) s += (s.empty() ? "" : ", ") + std::to_string(d.bits) + "/" + std::to_string(d.lanes);
+  for (const DesignInfo& d : designs())
+    s += (s.empty() ? "" : ", ") + std::to_string(d.bits) + "/" + std::to_string(d.lanes);
   return s;
 }
 
@@ -58,11 +64,12 @@ DesignInfo design_info(int bits, int lanes) {
                               "; compiled designs (bits/lanes): " + design_list());
 }
 
-KernelRun run_kernel(int bits, int lanes, const std::vector<Line>& lines, const SgdConfig& cfg,
-                     const int32_t* model_in, MemoryModel mem) {
+KernelRun run_kernel(int bits, int lanes, const std::vector<Line>& lines, const SgdConfig& cfg, const int32_t* model_in,
+                     MemoryModel mem) {
   const DesignInfo d = design_info(bits, lanes);
   if (cfg.cols < 1 || cfg.cols > static_cast<uint32_t>(kMaxFeatures))
-    throw std::invalid_argument("cols must be from 1 to " + std::to_string(kMaxFeatures) + ", got " + std::to_string(cfg.cols));
+    throw std::invalid_argument("cols must be from 1 to " + std::to_string(kMaxFeatures) + ", got " +
+                                std::to_string(cfg.cols));
   if (cfg.rows < 1) throw std::invalid_argument("rows must be >= 1");
   if (cfg.copies < 1) throw std::invalid_argument("copies must be >= 1");
   if (!valid_loss(cfg.loss)) throw std::invalid_argument("loss must be 0..3, got " + std::to_string(cfg.loss));
@@ -76,12 +83,18 @@ KernelRun run_kernel(int bits, int lanes, const std::vector<Line>& lines, const 
     throw std::invalid_argument("the data hold " + std::to_string(lines.size()) + " lines, the configuration reads " +
                                 std::to_string(need));
   switch (d.bits * 1000 + d.lanes) {
-    case 1128: return run_design<1, 128>(lines, cfg, model_in, mem);
-    case 1256: return run_design<1, 256>(lines, cfg, model_in, mem);
-    case 2128: return run_design<2, 128>(lines, cfg, model_in, mem);
-    case 4064: return run_design<4, 64>(lines, cfg, model_in, mem);
-    case 8032: return run_design<8, 32>(lines, cfg, model_in, mem);
-    default: return run_design<kFloatBits, 16>(lines, cfg, model_in, mem);
+    case 1128:
+      return run_design<1, 128>(lines, cfg, model_in, mem);
+    case 1256:
+      return run_design<1, 256>(lines, cfg, model_in, mem);
+    case 2128:
+      return run_design<2, 128>(lines, cfg, model_in, mem);
+    case 4064:
+      return run_design<4, 64>(lines, cfg, model_in, mem);
+    case 8032:
+      return run_design<8, 32>(lines, cfg, model_in, mem);
+    default:
+      return run_design<kFloatBits, 16>(lines, cfg, model_in, mem);
   }
 }
 
@@ -125,8 +138,9 @@ TrainResult train(const float* u, const float* y, int64_t rows, int64_t cols, co
   // Fresh samples: every epoch's realisation stored at once (ZipML's indices) if they fit, else
   // one kernel call per epoch, the model carried from call to call (the same bits either way).
   const bool one_call = !fresh || res.bytes_per_copy * o.epochs <= o.max_layout_bytes;
-  const int copies = !quantized || o.sampling == Sampling::Nearest ? 1 : fresh ? (one_call ? std::max(o.epochs, 1) : 1)
-                                                                             : o.copies;
+  const int copies = !quantized || o.sampling == Sampling::Nearest ? 1
+                     : fresh                                       ? (one_call ? std::max(o.epochs, 1) : 1)
+                                                                   : o.copies;
 
   SgdConfig cfg;
   cfg.rows = static_cast<uint32_t>(rows);

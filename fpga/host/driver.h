@@ -31,19 +31,19 @@ KernelRun run_kernel(int bits, int lanes, const std::vector<Line>& lines, const 
 
 // Training from scaled data, as the estimators' device="fpga-sim" backend runs it.
 struct TrainOptions {
-  int bits = 8;               // 1, 2, 4, 8, or 32 (the float design)
+  int bits = 8;                          // 1, 2, 4, 8, or 32 (the float design)
   Sampling sampling = Sampling::Double;  // of the b-bit designs' data (layout.h)
-  int lanes = 0;              // 0: the design's default
+  int lanes = 0;                         // 0: the design's default
   Loss loss = Loss::LeastSquares;
   int epochs = 10;
   int batch_log2 = 4;
-  int step_shift = 8;         // step 2^-step_shift on the summed mini-batch gradient
+  int step_shift = 8;  // step 2^-step_shift on the summed mini-batch gradient
   int decay_every = 0;
   int l2_shift = 0;
   bool fit_intercept = true;
-  int copies = 1;             // stored quantizations walked one per epoch; 0: a fresh one every epoch
+  int copies = 1;  // stored quantizations walked one per epoch; 0: a fresh one every epoch
   uint64_t seed = 0;
-  double bytes_per_cycle = 0; // memory model of the simulation (<= 0: one line per clock)
+  double bytes_per_cycle = 0;                   // memory model of the simulation (<= 0: one line per clock)
   int64_t max_layout_bytes = int64_t{1} << 30;  // fresh samples: all epochs in one call below this
 };
 
@@ -55,8 +55,8 @@ struct TrainResult {
   std::vector<int64_t> epoch_cycles;             // clocks of every epoch (model write-out included)
   int64_t cycles = 0;                            // all kernel calls, start-up included
   int64_t calls = 0;
-  int64_t bytes_per_copy = 0;                    // the data one epoch reads
-  KernelStats stats;                             // of the last call
+  int64_t bytes_per_copy = 0;  // the data one epoch reads
+  KernelStats stats;           // of the last call
 };
 
 // u: rows x cols in [-1, 1] (the scaled features), y: rows labels (+-1 for the classifiers).

@@ -41,11 +41,16 @@ void pack(const TrainingData& d, std::vector<Line>& out) {
 
 int64_t lines_per_row(int bits, int64_t cols) {
   switch (bits) {
-    case 1: return Format<1>::lines_per_row(cols);
-    case 2: return Format<2>::lines_per_row(cols);
-    case 4: return Format<4>::lines_per_row(cols);
-    case 8: return Format<8>::lines_per_row(cols);
-    case kFloatBits: return Format<kFloatBits>::lines_per_row(cols);
+    case 1:
+      return Format<1>::lines_per_row(cols);
+    case 2:
+      return Format<2>::lines_per_row(cols);
+    case 4:
+      return Format<4>::lines_per_row(cols);
+    case 8:
+      return Format<8>::lines_per_row(cols);
+    case kFloatBits:
+      return Format<kFloatBits>::lines_per_row(cols);
   }
   throw std::invalid_argument("bits must be one of 1, 2, 4, 8 or 32 (float), got " + std::to_string(bits));
 }
@@ -101,11 +106,21 @@ std::vector<Line> pack_lines(const TrainingData& data) {
   check_training_data(data);
   std::vector<Line> out;
   switch (data.bits) {
-    case 1: pack<1>(data, out); break;
-    case 2: pack<2>(data, out); break;
-    case 4: pack<4>(data, out); break;
-    case 8: pack<8>(data, out); break;
-    default: pack<kFloatBits>(data, out); break;
+    case 1:
+      pack<1>(data, out);
+      break;
+    case 2:
+      pack<2>(data, out);
+      break;
+    case 4:
+      pack<4>(data, out);
+      break;
+    case 8:
+      pack<8>(data, out);
+      break;
+    default:
+      pack<kFloatBits>(data, out);
+      break;
   }
   return out;
 }
@@ -122,7 +137,8 @@ std::vector<int32_t> unpack_models(const std::vector<Line>& lines, int64_t cols,
 
 std::vector<Line> pack_model(const int32_t* words, int64_t cols) {
   std::vector<Line> lines(static_cast<size_t>(model_lines(cols)), Line{});
-  for (int64_t k = 0; k <= cols; ++k) lines[k / 16].set_slot32(static_cast<int>(k % 16), static_cast<uint32_t>(words[k]));
+  for (int64_t k = 0; k <= cols; ++k)
+    lines[k / 16].set_slot32(static_cast<int>(k % 16), static_cast<uint32_t>(words[k]));
   return lines;
 }
 

@@ -31,8 +31,10 @@ Loss parse_loss(const std::string& name) {
   if (name == "lssvm") return Loss::LSSVM;
   if (name == "logistic") return Loss::Logistic;
   if (name == "squared_hinge" || name == "l2svm") return Loss::L2SVM;
-  throw std::invalid_argument("loss must be one of least_squares, lssvm, logistic, squared_hinge (the accelerator's "
-                              "losses), got '" + name + "'");
+  throw std::invalid_argument(
+      "loss must be one of least_squares, lssvm, logistic, squared_hinge (the accelerator's "
+      "losses), got '" +
+      name + "'");
 }
 
 Platform platform_by_name(const std::string& name) {
@@ -94,29 +96,48 @@ TrainOptions train_options(const py::dict& kw) {
   for (auto item : kw) {
     const std::string key = py::str(item.first);
     const py::handle v = item.second;
-    if (key == "bits") o.bits = as_int(v, key);
-    else if (key == "lanes") o.lanes = as_int(v, key);
+    if (key == "bits")
+      o.bits = as_int(v, key);
+    else if (key == "lanes")
+      o.lanes = as_int(v, key);
     else if (key == "sampling") {
       const std::string name = v.cast<std::string>();
-      if (name == "double") o.sampling = Sampling::Double;
-      else if (name == "naive") o.sampling = Sampling::Naive;
-      else if (name == "nearest") o.sampling = Sampling::Nearest;
-      else throw std::invalid_argument("sampling must be one of double, naive, nearest for the b-bit designs, got '" + name + "'");
-    }
-    else if (key == "loss") o.loss = parse_loss(v.cast<std::string>());
-    else if (key == "epochs") o.epochs = as_int(v, key);
-    else if (key == "batch_log2") o.batch_log2 = as_int(v, key);
-    else if (key == "step_shift") o.step_shift = as_int(v, key);
-    else if (key == "decay_every") o.decay_every = as_int(v, key);
-    else if (key == "l2_shift") o.l2_shift = as_int(v, key);
-    else if (key == "fit_intercept") o.fit_intercept = v.cast<bool>();
-    else if (key == "copies") o.copies = as_int(v, key);
-    else if (key == "seed") o.seed = v.cast<uint64_t>();
-    else if (key == "bytes_per_cycle") o.bytes_per_cycle = v.cast<double>();
-    else if (key == "max_layout_bytes") o.max_layout_bytes = v.cast<int64_t>();
+      if (name == "double")
+        o.sampling = Sampling::Double;
+      else if (name == "naive")
+        o.sampling = Sampling::Naive;
+      else if (name == "nearest")
+        o.sampling = Sampling::Nearest;
+      else
+        throw std::invalid_argument("sampling must be one of double, naive, nearest for the b-bit designs, got '" +
+                                    name + "'");
+    } else if (key == "loss")
+      o.loss = parse_loss(v.cast<std::string>());
+    else if (key == "epochs")
+      o.epochs = as_int(v, key);
+    else if (key == "batch_log2")
+      o.batch_log2 = as_int(v, key);
+    else if (key == "step_shift")
+      o.step_shift = as_int(v, key);
+    else if (key == "decay_every")
+      o.decay_every = as_int(v, key);
+    else if (key == "l2_shift")
+      o.l2_shift = as_int(v, key);
+    else if (key == "fit_intercept")
+      o.fit_intercept = v.cast<bool>();
+    else if (key == "copies")
+      o.copies = as_int(v, key);
+    else if (key == "seed")
+      o.seed = v.cast<uint64_t>();
+    else if (key == "bytes_per_cycle")
+      o.bytes_per_cycle = v.cast<double>();
+    else if (key == "max_layout_bytes")
+      o.max_layout_bytes = v.cast<int64_t>();
     else
-      throw std::invalid_argument("unknown option '" + key + "'; options: bits, sampling, lanes, loss, epochs, batch_log2, step_shift, "
-                                  "decay_every, l2_shift, fit_intercept, copies, seed, bytes_per_cycle, max_layout_bytes");
+      throw std::invalid_argument(
+          "unknown option '" + key +
+          "'; options: bits, sampling, lanes, loss, epochs, batch_log2, step_shift, "
+          "decay_every, l2_shift, fit_intercept, copies, seed, bytes_per_cycle, max_layout_bytes");
   }
   return o;
 }
@@ -162,16 +183,21 @@ PYBIND11_MODULE(_fpga, mod) {
 
   mod.def(
       "quantize_codes",
-      [](const FloatArray& u, int bits, int copies, uint64_t seed, int64_t first_realisation, const std::string& sampling) {
+      [](const FloatArray& u, int bits, int copies, uint64_t seed, int64_t first_realisation,
+         const std::string& sampling) {
         const auto [rows, cols] = matrix_shape(u, "u");
         std::vector<uint8_t> codes[2];
-        const Sampling mode = sampling == "double" ? Sampling::Double : sampling == "naive" ? Sampling::Naive
-                            : sampling == "nearest" ? Sampling::Nearest
-                            : throw std::invalid_argument("sampling must be one of double, naive, nearest, got '" + sampling + "'");
+        const Sampling mode =
+            sampling == "double"  ? Sampling::Double
+            : sampling == "naive" ? Sampling::Naive
+            : sampling == "nearest"
+                ? Sampling::Nearest
+                : throw std::invalid_argument("sampling must be one of double, naive, nearest, got '" + sampling + "'");
         quantize_codes(u.data(), rows, cols, bits, copies, seed, first_realisation, mode, codes);
         py::tuple out(2);
         for (int s = 0; s < 2; ++s) {
-          py::array_t<uint8_t> a({static_cast<py::ssize_t>(copies), static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
+          py::array_t<uint8_t> a(
+              {static_cast<py::ssize_t>(copies), static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
           std::memcpy(a.mutable_data(), codes[s].data(), codes[s].size());
           out[s] = a;
         }
@@ -187,14 +213,16 @@ PYBIND11_MODULE(_fpga, mod) {
     for (const DesignInfo& i : designs()) out.append(design_dict(i));
     return out;
   });
-  mod.def("design", [](int bits, int lanes) { return design_dict(design_info(bits, lanes)); }, py::arg("bits"),
-          py::arg("lanes") = 0, "the compiled design of `bits` (lanes 0: its default)");
+  mod.def(
+      "design", [](int bits, int lanes) { return design_dict(design_info(bits, lanes)); }, py::arg("bits"),
+      py::arg("lanes") = 0, "the compiled design of `bits` (lanes 0: its default)");
   mod.def("platforms", [] {
     py::list out;
     for (const Platform& p : platforms()) out.append(platform_dict(p));
     return out;
   });
-  mod.def("platform", [](const std::string& name) { return platform_dict(platform_by_name(name)); }, py::arg("name"));
+  mod.def(
+      "platform", [](const std::string& name) { return platform_dict(platform_by_name(name)); }, py::arg("name"));
 
   mod.def(
       "predict",
@@ -226,7 +254,7 @@ PYBIND11_MODULE(_fpga, mod) {
         }
         return out;
       },
-      py::arg("bits"), py::arg("rows"), py::arg("cols"), py::arg("batch") = 16, py::arg("epochs") = 1, py::arg("lanes") = 0,
-      py::arg("platform") = py::none(), py::arg("bytes_per_cycle") = py::none(),
+      py::arg("bits"), py::arg("rows"), py::arg("cols"), py::arg("batch") = 16, py::arg("epochs") = 1,
+      py::arg("lanes") = 0, py::arg("platform") = py::none(), py::arg("bytes_per_cycle") = py::none(),
       "modeled clocks of a kernel call (and seconds on a named platform)");
 }

@@ -55,8 +55,8 @@ Prediction predict(const ModelDesign& d, const Workload& w, double bytes_per_cyc
   const double rho = bytes_per_cycle > 0 ? std::min(1.0, bytes_per_cycle / 64.0) : 1.0;
   const double hidden = 64.0 / rho;
   const double memory_epoch = lines / rho + std::max(0.0, L + 1 + G + out_lines - hidden);
-  p.memory_cycles = w.epochs * lines / rho + (w.epochs - 1) * std::max(0.0, L + 1 + G + out_lines - hidden) +
-                    d.beats + 1 + L + G + out_lines;
+  p.memory_cycles = w.epochs * lines / rho + (w.epochs - 1) * std::max(0.0, L + 1 + G + out_lines - hidden) + d.beats +
+                    1 + L + G + out_lines;
   p.memory_bound = p.memory_cycles > p.compute_cycles;
   p.cycles = std::max(p.compute_cycles, p.memory_cycles);
   p.epoch_cycles = std::max(compute_epoch, memory_epoch);

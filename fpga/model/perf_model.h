@@ -11,9 +11,9 @@ namespace zipml::fpga {
 
 struct Platform {
   std::string name;
-  double clock_hz = 0;         // kernel clock
-  double bandwidth = 0;        // sustained read bandwidth of the data, bytes per second
-  std::string source;          // what the figures rest on: every one is an assumption unless measured
+  double clock_hz = 0;   // kernel clock
+  double bandwidth = 0;  // sustained read bandwidth of the data, bytes per second
+  std::string source;    // what the figures rest on: every one is an assumption unless measured
   double bytes_per_cycle() const { return bandwidth / clock_hz; }
 };
 
@@ -35,13 +35,13 @@ struct ModelDesign {  // the sizes the schedule depends on (DesignInfo of fpga/h
 ModelDesign model_design(int bits, int lanes = 0);
 
 struct Prediction {
-  int64_t lines_per_row = 0;       // R
-  int64_t groups_per_row = 0;      // G = R x beats: clocks per row on each side
-  int64_t bytes_per_epoch = 0;     // data read per epoch
-  double compute_cycles = 0;       // the call's clocks if memory kept up (one line per clock)
-  double memory_cycles = 0;        // the call's clocks if the schedule never waited for the dot side
-  double cycles = 0;               // max of the two: the prediction
-  double epoch_cycles = 0;         // one epoch in the steady state
+  int64_t lines_per_row = 0;    // R
+  int64_t groups_per_row = 0;   // G = R x beats: clocks per row on each side
+  int64_t bytes_per_epoch = 0;  // data read per epoch
+  double compute_cycles = 0;    // the call's clocks if memory kept up (one line per clock)
+  double memory_cycles = 0;     // the call's clocks if the schedule never waited for the dot side
+  double cycles = 0;            // max of the two: the prediction
+  double epoch_cycles = 0;      // one epoch in the steady state
   double epoch_seconds = 0;
   double samples_per_second = 0;
   bool memory_bound = false;

@@ -21,7 +21,8 @@ void check_training_data(const TrainingData& d) {
     throw std::invalid_argument("bits must be one of 1, 2, 4, 8 or 32 (float), got " + std::to_string(d.bits));
   if (d.rows < 1 || d.cols < 1) throw std::invalid_argument("rows and cols must be >= 1");
   if (d.copies < 1) throw std::invalid_argument("copies must be >= 1, got " + std::to_string(d.copies));
-  if (static_cast<int64_t>(d.labels.size()) != d.rows) throw std::invalid_argument("labels must hold one value per row");
+  if (static_cast<int64_t>(d.labels.size()) != d.rows)
+    throw std::invalid_argument("labels must hold one value per row");
   if (d.bits == kFloatBits) {
     if (d.copies != 1) throw std::invalid_argument("the float design stores one copy of the data");
     if (static_cast<int64_t>(d.values.size()) != d.rows * d.cols)
@@ -81,11 +82,16 @@ std::vector<int32_t> reference_sgd(const TrainingData& data, const SgdConfig& cf
   if (cfg.rows != data.rows || cfg.cols != data.cols) throw std::invalid_argument("cfg.rows/cols must match the data");
   if (cfg.copies != static_cast<uint32_t>(data.copies)) throw std::invalid_argument("cfg.copies must match the data");
   switch (data.bits) {
-    case 1: return run<1>(data, cfg, model_in);
-    case 2: return run<2>(data, cfg, model_in);
-    case 4: return run<4>(data, cfg, model_in);
-    case 8: return run<8>(data, cfg, model_in);
-    default: return run<kFloatBits>(data, cfg, model_in);
+    case 1:
+      return run<1>(data, cfg, model_in);
+    case 2:
+      return run<2>(data, cfg, model_in);
+    case 4:
+      return run<4>(data, cfg, model_in);
+    case 8:
+      return run<8>(data, cfg, model_in);
+    default:
+      return run<kFloatBits>(data, cfg, model_in);
   }
 }
 

@@ -11,12 +11,12 @@ namespace zipml::fpga {
 
 // The training data in the simplest form the accelerator's data derive from.
 struct TrainingData {
-  int bits = 8;                    // 1, 2, 4, 8, or kFloatBits
+  int bits = 8;  // 1, 2, 4, 8, or kFloatBits
   int64_t rows = 0, cols = 0;
-  int copies = 1;                  // independent quantizations (1 for the float design)
-  std::vector<uint8_t> codes[2];   // b-bit: copies x rows x cols codes of sample 0 and of sample 1
-  std::vector<float> values;       // float design: rows x cols, in [-1, 1]
-  std::vector<int32_t> labels;     // rows, Q8.23
+  int copies = 1;                 // independent quantizations (1 for the float design)
+  std::vector<uint8_t> codes[2];  // b-bit: copies x rows x cols codes of sample 0 and of sample 1
+  std::vector<float> values;      // float design: rows x cols, in [-1, 1]
+  std::vector<int32_t> labels;    // rows, Q8.23
 
   // The terms t (format.h) of sample `sample` of value (copy, row, col).
   int32_t term(int copy, int64_t row, int64_t col, int sample) const;

@@ -52,8 +52,10 @@ TrainingData quantized(const Problem& p, int bits, int copies, uint64_t seed) {
   d.cols = p.cols;
   d.copies = bits == kFloatBits ? 1 : copies;
   for (double y : p.y) d.labels.push_back(to_fixed(y));
-  if (bits == kFloatBits) d.values = p.x;
-  else quantize_double_sampled(p.x.data(), p.rows, p.cols, bits, copies, seed, 0, d.codes);
+  if (bits == kFloatBits)
+    d.values = p.x;
+  else
+    quantize_double_sampled(p.x.data(), p.rows, p.cols, bits, copies, seed, 0, d.codes);
   return d;
 }
 
@@ -97,7 +99,8 @@ TEST(Convergence, FixedPointTracksRealArithmetic) {
         }
       }
     const double tolerance = 8.0 * 2 * p.rows * std::ldexp(1.0, -23);
-    for (int64_t k = 0; k < p.cols; ++k) EXPECT_NEAR(from_fixed(fixed[(c.epochs - 1) * (p.cols + 1) + k]), x[k], tolerance) << bits;
+    for (int64_t k = 0; k < p.cols; ++k)
+      EXPECT_NEAR(from_fixed(fixed[(c.epochs - 1) * (p.cols + 1) + k]), x[k], tolerance) << bits;
     EXPECT_NEAR(from_fixed(fixed.back()), x0, tolerance) << bits;
   }
 }
@@ -108,7 +111,9 @@ TEST(Convergence, DoubleSamplingReachesTheFloatLossNaiveSamplingDoesNot) {
   // gradient (naive, Section 3) converges to the ridge-like biased optimum, well above it.
   const Problem p = regression(2000, 16, 3);
   const int epochs = 12;
-  const double float_loss = loss(p, reference_sgd(quantized(p, kFloatBits, 1, 0), config(quantized(p, kFloatBits, 1, 0), epochs, 2, 9)), epochs - 1);
+  const double float_loss =
+      loss(p, reference_sgd(quantized(p, kFloatBits, 1, 0), config(quantized(p, kFloatBits, 1, 0), epochs, 2, 9)),
+           epochs - 1);
   TrainingData ds = quantized(p, 2, epochs, 5);
   const double double_loss = loss(p, reference_sgd(ds, config(ds, epochs, 2, 9)), epochs - 1);
   TrainingData naive = ds;
@@ -119,5 +124,6 @@ TEST(Convergence, DoubleSamplingReachesTheFloatLossNaiveSamplingDoesNot) {
   // loss of about 2e-3; double sampling's excess is SGD noise, an order of magnitude smaller.
   EXPECT_LT(double_loss, float_loss * 1.10) << "float " << float_loss << " naive " << naive_loss;
   EXPECT_GT(naive_loss - float_loss, 1e-3) << "float " << float_loss << " double " << double_loss;
-  EXPECT_GT(naive_loss - float_loss, 10 * (double_loss - float_loss)) << "float " << float_loss << " double " << double_loss;
+  EXPECT_GT(naive_loss - float_loss, 10 * (double_loss - float_loss))
+      << "float " << float_loss << " double " << double_loss;
 }

@@ -11,7 +11,8 @@ using namespace zipml::fpga;
 
 namespace {
 
-KernelRun simulate(int bits, int lanes, int64_t rows, int64_t cols, int batch_log2, int epochs, double bytes_per_cycle) {
+KernelRun simulate(int bits, int lanes, int64_t rows, int64_t cols, int batch_log2, int epochs,
+                   double bytes_per_cycle) {
   std::mt19937 g(static_cast<uint32_t>(rows * 31 + cols));
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   TrainingData d;
@@ -21,8 +22,10 @@ KernelRun simulate(int bits, int lanes, int64_t rows, int64_t cols, int batch_lo
   d.labels.assign(rows, kOne / 4);
   std::vector<float> x(static_cast<size_t>(rows * cols));
   for (float& v : x) v = u(g);
-  if (bits == kFloatBits) d.values = x;
-  else quantize_double_sampled(x.data(), rows, cols, bits, 1, 3, 0, d.codes);
+  if (bits == kFloatBits)
+    d.values = x;
+  else
+    quantize_double_sampled(x.data(), rows, cols, bits, 1, 3, 0, d.codes);
   SgdConfig cfg;
   cfg.rows = static_cast<uint32_t>(rows);
   cfg.cols = static_cast<uint32_t>(cols);
@@ -44,7 +47,8 @@ TEST(Cycles, ModelEqualsSimulationWhenMemoryKeepsUp) {
           const KernelRun run = simulate(bits, lanes, rows, cols, batch_log2, 2, 0.0);
           const Prediction p = predict(model_design(bits, lanes), Workload{rows, cols, 1 << batch_log2, 2}, 0.0);
           ASSERT_EQ(p.cycles, static_cast<double>(run.stats.cycles))
-              << "bits " << bits << " lanes " << lanes << " cols " << cols << " batch " << (1 << batch_log2) << " rows " << rows;
+              << "bits " << bits << " lanes " << lanes << " cols " << cols << " batch " << (1 << batch_log2) << " rows "
+              << rows;
           // the steady-state epoch: the second epoch's clocks
           ASSERT_EQ(p.epoch_cycles, static_cast<double>(run.stats.epoch_end[1] - run.stats.epoch_end[0]));
           ASSERT_FALSE(p.memory_bound);
@@ -60,7 +64,8 @@ TEST(Cycles, ModelWithinOnePercentWhenMemoryLimits) {
       for (int batch_log2 : {0, 4})
         for (double bytes_per_cycle : {8.0, 20.0, 32.5, 53.3}) {
           const KernelRun run = simulate(bits, lanes, 600, cols, batch_log2, 2, bytes_per_cycle);
-          const Prediction p = predict(model_design(bits, lanes), Workload{600, cols, 1 << batch_log2, 2}, bytes_per_cycle);
+          const Prediction p =
+              predict(model_design(bits, lanes), Workload{600, cols, 1 << batch_log2, 2}, bytes_per_cycle);
           const double error = std::fabs(p.cycles - run.stats.cycles) / run.stats.cycles;
           worst = std::max(worst, error);
           ASSERT_LT(error, 0.01) << "bits " << bits << " lanes " << lanes << " cols " << cols << " batch "

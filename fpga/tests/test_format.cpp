@@ -46,7 +46,8 @@ TEST(Format, FloorDivisionAndShiftRoundDown) {
     ASSERT_EQ(asr(a, 23), floor_div(a, 8388608));
   }
   for (int64_t x = -70; x <= 70; ++x)
-    for (int s = 0; s < 5; ++s) ASSERT_EQ(rshift_round(x, s), static_cast<int64_t>(std::floor(x / std::ldexp(1.0, s) + 0.5)));
+    for (int s = 0; s < 5; ++s)
+      ASSERT_EQ(rshift_round(x, s), static_cast<int64_t>(std::floor(x / std::ldexp(1.0, s) + 0.5)));
   EXPECT_EQ(sat32(int64_t{1} << 40), INT32_MAX);
   EXPECT_EQ(sat32(-(int64_t{1} << 40)), INT32_MIN);
 }

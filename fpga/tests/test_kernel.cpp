@@ -32,8 +32,10 @@ TrainingData problem(int bits, int64_t rows, int64_t cols, Loss loss, uint32_t s
     const bool classifier = loss != Loss::LeastSquares;
     d.labels[r] = to_fixed(classifier ? (z > 0 ? 1.0 : -1.0) : 0.5 * z / std::sqrt(static_cast<double>(cols)));
   }
-  if (bits == kFloatBits) d.values = x;
-  else quantize_double_sampled(x.data(), rows, cols, bits, d.copies, seed, 0, d.codes);
+  if (bits == kFloatBits)
+    d.values = x;
+  else
+    quantize_double_sampled(x.data(), rows, cols, bits, d.copies, seed, 0, d.codes);
   return d;
 }
 
@@ -51,10 +53,14 @@ SgdConfig config_for(const TrainingData& d, Loss loss, int batch_log2, int epoch
 
 const char* loss_name(Loss l) {
   switch (l) {
-    case Loss::LeastSquares: return "least_squares";
-    case Loss::LSSVM: return "lssvm";
-    case Loss::Logistic: return "logistic";
-    case Loss::L2SVM: return "l2svm";
+    case Loss::LeastSquares:
+      return "least_squares";
+    case Loss::LSSVM:
+      return "lssvm";
+    case Loss::Logistic:
+      return "logistic";
+    case Loss::L2SVM:
+      return "l2svm";
   }
   return "?";
 }
@@ -80,7 +86,8 @@ TEST_P(KernelMatchesReference, EveryEpochBitForBit) {
       const std::vector<Line> lines = pack_lines(d);
       for (double bytes_per_cycle : {0.0, 13.3}) {  // unlimited memory, and memory-bound
         const KernelRun run = run_kernel(bits, lanes, lines, cfg, nullptr, MemoryModel{bytes_per_cycle});
-        ASSERT_EQ(run.models, want) << "cols " << cols << " batch " << (1 << batch_log2) << " memory " << bytes_per_cycle;
+        ASSERT_EQ(run.models, want) << "cols " << cols << " batch " << (1 << batch_log2) << " memory "
+                                    << bytes_per_cycle;
         ASSERT_EQ(run.stats.lines_read, 3 * d.rows * lines_per_row(bits, cols));
         ++runs;
       }
@@ -95,12 +102,13 @@ std::string design_name(const ::testing::TestParamInfo<KernelMatchesReference::P
          std::to_string(std::get<1>(design)) + "_" + loss_name(std::get<1>(info.param));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Designs, KernelMatchesReference,
-    ::testing::Combine(::testing::Values(std::make_tuple(kFloatBits, 16), std::make_tuple(8, 32), std::make_tuple(4, 64),
-                                         std::make_tuple(2, 128), std::make_tuple(1, 128), std::make_tuple(1, 256)),
-                       ::testing::Values(Loss::LeastSquares, Loss::LSSVM, Loss::Logistic, Loss::L2SVM)),
-    design_name);
+INSTANTIATE_TEST_SUITE_P(Designs, KernelMatchesReference,
+                         ::testing::Combine(::testing::Values(std::make_tuple(kFloatBits, 16), std::make_tuple(8, 32),
+                                                              std::make_tuple(4, 64), std::make_tuple(2, 128),
+                                                              std::make_tuple(1, 128), std::make_tuple(1, 256)),
+                                            ::testing::Values(Loss::LeastSquares, Loss::LSSVM, Loss::Logistic,
+                                                              Loss::L2SVM)),
+                         design_name);
 
 TEST(Kernel, BatchSemanticsMatter) {
   // The reference depends on the batch size (so the equality above tests the snapshot), and a
@@ -151,7 +159,8 @@ TEST(Kernel, WideRowsAndLargeBatches) {
   for (int bits : {kFloatBits, 1}) {
     const TrainingData d = problem(bits, 9, 2500, Loss::L2SVM, 31);
     const SgdConfig cfg = config_for(d, Loss::L2SVM, 4, 2, 8);
-    EXPECT_EQ(run_kernel(bits, 0, pack_lines(d), cfg, nullptr, MemoryModel{32.5}).models, reference_sgd(d, cfg)) << bits;
+    EXPECT_EQ(run_kernel(bits, 0, pack_lines(d), cfg, nullptr, MemoryModel{32.5}).models, reference_sgd(d, cfg))
+        << bits;
   }
 }
 

@@ -60,7 +60,8 @@ void expect_layout(const TrainingData& d) {
         const int s = static_cast<int>(slot % F::kPerLine);
         if (slot < d.cols) {
           for (int sample = 0; sample < F::kSamples; ++sample)
-            ASSERT_EQ(F::term(line, s, sample), d.term(c, r, slot, sample)) << "copy " << c << " row " << r << " slot " << slot;
+            ASSERT_EQ(F::term(line, s, sample), d.term(c, r, slot, sample))
+                << "copy " << c << " row " << r << " slot " << slot;
         } else if (slot < R * F::kPerLine - F::kLabelSlots) {
           ASSERT_EQ(line.get(F::kSlotBits * s, F::kSlotBits), 0u) << "padding slot " << slot;  // zero padding
         }
@@ -123,7 +124,8 @@ TEST(Layout, CodesAreTheCoresDoubleSampling) {
     for (int c = 0; c < 3; ++c)
       for (int s = 0; s < 2; ++s)
         for (int64_t i = 0; i < rows * cols; ++i) {
-          const uint32_t word = zipml::kernel::philox_word(42, static_cast<uint64_t>(5 + c) * 2 + s, static_cast<uint64_t>(i));
+          const uint32_t word =
+              zipml::kernel::philox_word(42, static_cast<uint64_t>(5 + c) * 2 + s, static_cast<uint64_t>(i));
           const int want = zipml::kernel::quantize_code(u[i], 1.0f, levels, zipml::kernel::kStochastic, word);
           ASSERT_EQ(codes[s][c * rows * cols + i], want) << "bits " << bits << " copy " << c << " sample " << s;
         }
@@ -139,7 +141,8 @@ TEST(Layout, CodesAreTheCoresDoubleSampling) {
     for (int c = 0; c < 2; ++c)
       for (int64_t i = 0; i < rows * cols; ++i) {
         const uint32_t word = zipml::kernel::philox_word(42, static_cast<uint64_t>(5 + c), static_cast<uint64_t>(i));
-        ASSERT_EQ(naive[0][c * rows * cols + i], zipml::kernel::quantize_code(u[i], 1.0f, levels, zipml::kernel::kStochastic, word));
+        ASSERT_EQ(naive[0][c * rows * cols + i],
+                  zipml::kernel::quantize_code(u[i], 1.0f, levels, zipml::kernel::kStochastic, word));
         if (c == 0) {
           ASSERT_EQ(nearest[0][i], zipml::kernel::quantize_code(u[i], 1.0f, levels, zipml::kernel::kNearest, 0));
         }
@@ -195,8 +198,8 @@ TEST(Layout, CodesEqualTheLinearSampleStore) {
   const int64_t rows = 31, cols = 19;
   const std::vector<float> u = uniform_matrix(rows, cols, 4);
   for (int bits : {1, 2, 4, 8}) {
-    const auto store = zipml::linear::SampleStore::build(u.data(), rows, cols, zipml::linear::FeatureLevels::make_uniform(bits),
-                                                         2, 3, false, 77, 1);
+    const auto store = zipml::linear::SampleStore::build(
+        u.data(), rows, cols, zipml::linear::FeatureLevels::make_uniform(bits), 2, 3, false, 77, 1);
     std::vector<uint8_t> codes[2];
     quantize_double_sampled(u.data(), rows, cols, bits, 3, 77, 0, codes);
     for (int c = 0; c < 3; ++c)
