@@ -50,6 +50,15 @@ def extension():
     return CppExtension("torch_zipml._C", srcs, extra_compile_args={"cxx": cxx}, **kwargs)
 
 
+def fpga_extension():
+    """torch_zipml._fpga: the FPGA accelerator's host driver, the C simulation of its HLS kernel and
+    its performance model (fpga/, pybind11, no torch ops)."""
+    debug = os.environ.get("DEBUG", "0") == "1"
+    cxx = (["-O0", "-g"] if debug else ["-O2"]) + ["-std=c++20", "-ffp-contract=off", "-Wno-unknown-pragmas"]
+    srcs = sources("fpga/host/*.cpp") + sources("fpga/reference/*.cpp") + sources("fpga/model/*.cpp")
+    return CppExtension("torch_zipml._fpga", srcs, extra_compile_args={"cxx": cxx})
+
+
 def linear_extension():
     """torch_zipml._linear: the low-precision linear solvers of linear/ (pybind11, no torch ops). The
     SIMD variants are selected at run time, each compiled under its own target pragma."""
@@ -65,7 +74,7 @@ setup(
     description="ZipML: end-to-end low-precision training (stochastic, double-sampled and "
     "variance-optimal quantization) as PyTorch operators",
     packages=find_packages(include=["torch_zipml", "torch_zipml.*"]),
-    ext_modules=[extension(), linear_extension()],
+    ext_modules=[extension(), linear_extension(), fpga_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
     install_requires=["torch>=2.11", "numpy"],

@@ -65,6 +65,8 @@ def _parser():
     t.add_argument("--degree", type=int, default=7, help="logistic: Chebyshev degree")
     t.add_argument("--chebyshev-range", type=float, default=6.0)
     t.add_argument("--average", type=float, default=None, help="average the iterates from this epoch on")
+    t.add_argument("--device", choices=["cpu", "fpga-sim"], default="cpu",
+                   help="fpga-sim: the FPGA accelerator of fpga/ in C simulation")
     t.add_argument("--no-scale", action="store_true", help="the data are already in [-1, 1]")
     t.add_argument("--test", help="also evaluate on this file")
     t.add_argument("--out", help="where to save the model (JSON)")
@@ -94,7 +96,7 @@ def _train(args):
                   grad_bits=args.grad_bits, epochs=args.epochs, step_size=args.step_size,
                   batch_size=args.batch_size, schedule=args.schedule, decay=args.decay, l2=args.l2,
                   copies=args.copies, seed=args.seed, n_jobs=args.threads, engine=args.engine,
-                  scale=not args.no_scale, average=args.average)
+                  scale=not args.no_scale, average=args.average, device=args.device)
     if args.model == "logistic":
         params.update(degree=args.degree, chebyshev_range=args.chebyshev_range)
     if args.model == "svm":

@@ -78,6 +78,9 @@ class _ZipMLLinear:
         average: None, or the training time (in epochs, fractions allowed) from which the SGD
             iterates are averaged (Polyak-Ruppert); the fitted model and the loss history from then
             on are the average's.
+        device: "cpu" (the solvers of linear/), or "fpga-sim": the FPGA accelerator of fpga/ in C
+            simulation (Section 10; torch_zipml.fpga.train: power-of-two steps, uniform levels,
+            full-precision model; epoch_seconds_ are its clocks on the assumed HARP v1 platform).
 
     Fitted attributes: coef_, intercept_ (on the original features), loss_history_ (the objective
     on the full-precision training data before training and after every epoch), bytes_read_ (bytes
@@ -93,7 +96,8 @@ class _ZipMLLinear:
                  step_size: float = 0.1, batch_size: int = 16, seed: int = 0, l2: float = 0.0,
                  schedule: str = "constant", decay: float = 0.0, copies: int = 4,
                  n_jobs: Optional[int] = None, engine: str = "auto", scale: bool = True,
-                 fit_intercept: bool = True, candidates: int = 1024, average: Optional[float] = None):
+                 fit_intercept: bool = True, candidates: int = 1024, average: Optional[float] = None,
+                 device: str = "cpu"):
         self.bits = bits
         self.sampling = sampling
         self.levels = levels
@@ -113,6 +117,7 @@ class _ZipMLLinear:
         self.fit_intercept = fit_intercept
         self.candidates = candidates
         self.average = average
+        self.device = device
 
     # -- scikit-learn protocol ------------------------------------------------------------------
 
@@ -179,8 +184,13 @@ class _ZipMLLinear:
         """Trains on X (samples x features: numpy array or torch tensor) and labels y."""
         X = as_float32_matrix(X)
         y = as_float32_vector(y, X.shape[0])
-        trainer = _linear.Trainer(X, self._encode_labels(y), self._options())
-        r = trainer.fit()
+        if self.device == "cpu":
+            r = _linear.Trainer(X, self._encode_labels(y), self._options()).fit()
+        elif self.device == "fpga-sim":
+            from .. import fpga
+            r = fpga.train(X, self._encode_labels(y), self._options())
+        else:
+            raise ValueError(f"device must be 'cpu' or 'fpga-sim', got {self.device!r}")
         self.coef_ = np.asarray(r["coef"], dtype=np.float64)
         self.intercept_ = float(r["intercept"])
         self.loss_history_ = np.asarray(r["loss_history"])
