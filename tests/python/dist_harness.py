@@ -64,7 +64,8 @@ def _entry(fn: Callable, rank: int, world: int, port: int, results, args) -> Non
             torch.save(value, buffer)  # bytes, not shared-memory handles that die with the process
             results.put((rank, ("ok", buffer.getvalue())))
         finally:
-            dist.destroy_process_group()
+            if dist.is_initialized():
+                dist.destroy_process_group()
     except BaseException as e:  # reported to the parent, which fails the test
         results.put((rank, ("error", type(e).__name__, str(e), traceback.format_exc())))
 
