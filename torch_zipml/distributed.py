@@ -388,8 +388,9 @@ def _decode(state: QuantizedCommState, gathered: torch.Tensor, segments: Sequenc
     num_scales = sum(s.rows for s in segments)
     codes = torch.stack([unpack(gathered[r, :code_bytes], cfg.bits, numel) for r in range(world)])
     scale_end = code_bytes + 4 * num_scales
-    scales = gathered[:, code_bytes:scale_end].contiguous().view(torch.float32)        # (W, num_scales)
-    tables = (gathered[:, scale_end:].contiguous().view(torch.float32).view(world, len(segments), -1)
+    # Fresh copies: one rank's row is "contiguous" already, but its offset and stride are not 4-byte multiples.
+    scales = gathered[:, code_bytes:scale_end].clone(memory_format=torch.contiguous_format).view(torch.float32)             # (W, num_scales)
+    tables = (gathered[:, scale_end:].clone(memory_format=torch.contiguous_format).view(torch.float32).view(world, len(segments), -1)
               if cfg.levels == "optimal" else None)
     decoded = torch.empty(world, numel, dtype=torch.float32, device=gathered.device)
     first = 0

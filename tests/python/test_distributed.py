@@ -424,3 +424,44 @@ def test_rank_seeds_are_distinct_and_reproducible():
     seeds = [zd.rank_seed(0, r) for r in range(64)]
     assert len(set(seeds)) == 64 and zd.rank_seed(0, 3) == seeds[3]
     assert all(0 <= s < 2**64 for s in seeds)
+
+
+# ---- one rank, in this process (a HashStore group: no sockets) ----------------------------------
+
+def test_a_world_of_one_rank_decodes_its_own_codes():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        for config in (dict(bits=3), dict(bits=5, levels="optimal", granularity=7), dict(bits=2, granularity="bucket")):
+            model = Probe()
+            ddp = _ddp(model)
+            state = zd.register(ddp, **config)
+            xs = probe_gradient(0)
+            ddp(xs).backward()
+            # the same draw the operators give for rank 0's stream (seed_0, step 0), segment by segment
+            seed = zd.rank_seed(0, 0)
+            gran = config.get("granularity", "tensor")
+            expected = []
+            for k, x in enumerate(xs):
+                flat = x.reshape(-1)
+                n = flat.numel()
+                cols = n if gran in ("tensor", "bucket") else min(gran, n)
+                blocks = torch.cat([flat, flat.new_zeros(-n % cols)]).view(-1, cols)
+                if gran == "bucket":
+                    break
+                q = torch_zipml.quantize(blocks, config["bits"], levels=config.get("levels", "uniform"),
+                                         granularity=blocks.abs().amax(1, keepdim=True), seed=seed, offset=k)
+                expected.append(q.dequantize().reshape(-1)[:n])
+            got = [p.grad.reshape(-1) for p in model.parameters()]
+            if gran != "bucket":
+                for e, g in zip(expected, got):
+                    assert torch.equal(e, g)
+            else:  # one scale for the whole bucket: each value moves by less than one uniform level gap
+                scale = max(float(x.abs().max()) for x in xs)
+                gap = 2 / ((1 << config["bits"]) - 1) * scale
+                for g, x in zip(got, xs):
+                    assert float((g - x.reshape(-1)).abs().max()) < gap
+            assert state.step == 1 and state.bytes_sent > 0
+    finally:
+        dist.destroy_process_group()
