@@ -61,7 +61,6 @@ dequantize, pack and unpack read an error flag back from the device, so each buc
 few times; decoding runs in the all-gather future's callback, as PowerSGD's hook does.
 """
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -389,9 +388,11 @@ def _decode(state: QuantizedCommState, gathered: torch.Tensor, segments: Sequenc
     codes = torch.stack([unpack(gathered[r, :code_bytes], cfg.bits, numel) for r in range(world)])
     scale_end = code_bytes + 4 * num_scales
     # Fresh copies: one rank's row is "contiguous" already, but its offset and stride are not 4-byte multiples.
-    scales = gathered[:, code_bytes:scale_end].clone(memory_format=torch.contiguous_format).view(torch.float32)             # (W, num_scales)
-    tables = (gathered[:, scale_end:].clone(memory_format=torch.contiguous_format).view(torch.float32).view(world, len(segments), -1)
-              if cfg.levels == "optimal" else None)
+    def floats(part: torch.Tensor) -> torch.Tensor:
+        return part.clone(memory_format=torch.contiguous_format).view(torch.float32)
+
+    scales = floats(gathered[:, code_bytes:scale_end])                                  # (W, num_scales)
+    tables = floats(gathered[:, scale_end:]).view(world, len(segments), -1) if cfg.levels == "optimal" else None
     decoded = torch.empty(world, numel, dtype=torch.float32, device=gathered.device)
     first = 0
     for k, seg in enumerate(segments):

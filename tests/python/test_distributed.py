@@ -14,7 +14,7 @@ import torch
 
 import torch_zipml
 import torch_zipml.distributed as zd
-from dist_harness import RankError, run_ranks
+from dist_harness import run_ranks
 from stats import assert_unbiased
 
 # ---- a model whose gradient is chosen: d/dP_k sum(P_k * X_k) = X_k ----------------------------
@@ -428,17 +428,22 @@ def test_rank_seeds_are_distinct_and_reproducible():
 
 # ---- one rank, in this process (a HashStore group: no sockets) ----------------------------------
 
-def test_a_world_of_one_rank_decodes_its_own_codes():
+def test_a_world_of_one_rank_decodes_its_own_codes(device):
+    """On the CPU with gloo, and where a GPU exists with NCCL: the hook's result is, bit for bit, the
+    CPU operators' draw for rank 0's streams (CPU and CUDA kernels agree bit for bit)."""
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    backend = "nccl" if device == "cuda" else "gloo"
+    if device == "cuda":
+        torch.cuda.set_device(0)
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     try:
         for config in (dict(bits=3), dict(bits=5, levels="optimal", granularity=7), dict(bits=2, granularity="bucket")):
-            model = Probe()
+            model = Probe().to(device)
             ddp = _ddp(model)
             state = zd.register(ddp, **config)
             xs = probe_gradient(0)
-            ddp(xs).backward()
+            ddp([x.to(device) for x in xs]).backward()
             # the same draw the operators give for rank 0's stream (seed_0, step 0), segment by segment
             seed = zd.rank_seed(0, 0)
             gran = config.get("granularity", "tensor")
@@ -453,7 +458,7 @@ def test_a_world_of_one_rank_decodes_its_own_codes():
                 q = torch_zipml.quantize(blocks, config["bits"], levels=config.get("levels", "uniform"),
                                          granularity=blocks.abs().amax(1, keepdim=True), seed=seed, offset=k)
                 expected.append(q.dequantize().reshape(-1)[:n])
-            got = [p.grad.reshape(-1) for p in model.parameters()]
+            got = [p.grad.reshape(-1).cpu() for p in model.parameters()]
             if gran != "bucket":
                 for e, g in zip(expected, got):
                     assert torch.equal(e, g)
