@@ -27,6 +27,12 @@ epoch_seed(s, e) = (s * 1000003 + e) mod 2**63, from which it draws, in this ord
 order (randperm(N)), the crop offsets (randint(0, 9, (N, 2)): row, column) and the flips
 (randint(0, 2, (N,))); batch b takes positions [b * B, (b + 1) * B) of the order. So an epoch, and
 any batch in it, is a pure function of (seed, epoch, batch), which is what makes resuming exact.
+
+Data-parallel training (rank r of W processes): the batch is the global one, and rank r takes its
+positions r, r + W, r + 2W, ... (as torch's DistributedSampler strides), with the crops and flips
+the single-process loader would give those samples, so the ranks' shards of a batch together are
+exactly the single-process batch. A last batch whose size is not a multiple of W is padded with the
+first samples of the epoch's order (as DistributedSampler pads), so that every rank gets as many.
 """
 
 from __future__ import annotations
@@ -301,14 +307,22 @@ class BatchLoader:
 
     train=True shuffles and augments (crop with `crop_padding`, flips if `hflip`), keeping the last
     incomplete batch unless drop_last; train=False walks the data in order, unchanged.
-    mean, std: per-channel normalisation in [0, 1] units (usually the training split's)."""
+    mean, std: per-channel normalisation in [0, 1] units (usually the training split's).
+    rank, world_size: yield rank's shard of each (global) batch of batch_size samples (see the
+    module docstring); batch_size must then be a multiple of world_size."""
 
     def __init__(self, dataset: ImageDataset, batch_size: int, *, train: bool, seed: int = 0,
                  mean: Optional[torch.Tensor] = None, std: Optional[torch.Tensor] = None,
                  crop_padding: int = 4, hflip: Optional[bool] = None, drop_last: bool = False,
-                 device: Optional[torch.device] = None) -> None:
+                 device: Optional[torch.device] = None, rank: int = 0, world_size: int = 1) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size) with world_size >= 1, got rank {rank} of {world_size}")
+        if batch_size % world_size:
+            raise ValueError(f"batch_size (the global batch) must be a multiple of world_size = {world_size}, "
+                             f"got {batch_size}")
+        self.rank, self.world_size = rank, world_size
         if crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
         self.dataset = dataset
@@ -343,11 +357,22 @@ class BatchLoader:
         order, offsets, flips = self._plan(epoch)
         for b in range(start_batch, len(self)):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
+            if self.world_size > 1:
+                index = self._shard(index, order)
             images = self.dataset.images[index]
             if self.train:
                 images = augment(images, offsets[index], flips[index] & self.hflip, self.crop_padding)
             x = images.to(self.device).float().div_(255.0).sub_(self.mean).div_(self.std)
             yield x, self.dataset.labels[index].to(self.device)
+
+
+    def _shard(self, index: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """This rank's positions of a batch, the batch padded from the epoch's start to a multiple
+        of world_size."""
+        pad = -index.numel() % self.world_size
+        if pad:
+            index = torch.cat([index, order.repeat(-(-pad // order.numel()))[:pad]])
+        return index[self.rank::self.world_size]
 
 
 def augment(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:

@@ -25,6 +25,23 @@ file. --resume restores the model, the optimizer, the schedule, the quantizers' 
 RNG and the epoch, and continues to exactly (bit for bit, on the same machine and thread count) the
 result of an uninterrupted run; its settings come from the checkpoint, and a flag given with a
 different value is an error.
+
+Data-parallel training: launched by torchrun (which sets RANK and WORLD_SIZE), every process trains a
+replica under DistributedDataParallel (gloo on the CPU, NCCL with --device cuda: process r takes
+cuda:LOCAL_RANK), and the ranks exchange gradients as fp32 (DDP's all-reduce) or, with
+--comm-bits, as stochastically quantized codes (torch_zipml.distributed):
+
+    torchrun --nproc-per-node 2 -m torch_zipml.train --comm-bits 4 --epochs 10
+    torchrun --nnodes 2 --node-rank 0 --master-addr HOST --nproc-per-node 8 -m torch_zipml.train --device cuda ...
+
+--batch-size is the global batch: each rank takes its shard of each batch (torch_zipml.data), so the
+steps, the schedule and the samples per step are those of one process. Rank 0 evaluates and writes
+every file (metrics, checkpoints, the plot) and prints; the others train. --resume continues a
+distributed run with the same number of processes (rank 0 reads the checkpoint and sends it to the
+others), exactly as far as the arithmetic allows: bit for bit with --comm-bits (per-tensor or block
+scales) or with 2 processes. The number of processes and the --comm-* flags are settings of the run
+(recorded in metrics.json), present only for a distributed run; a bad setting or missing data on any
+rank stops every rank with the same error.
 """
 
 from __future__ import annotations
@@ -46,6 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as zdata
+from . import distributed as zdist
 from .convert import QuantConfig, convert, layer_schemes
 from .models import MODELS
 from .nn import _ZipQuantized, calibrate_batchnorm, rng_state, set_rng_state
@@ -59,6 +77,9 @@ CHECKPOINT = "checkpoint.pt"
 _RUN_ONLY = {"out", "resume", "device", "threads", "progress", "stop_after_epochs", "plot", "quiet"}
 # Settings a --resume restores unless given again (the data may have moved).
 _OVERRIDABLE = {"data_dir"}
+# Settings of a distributed run only (absent from a single-process run's settings), with their defaults.
+_DISTRIBUTED_DEFAULTS = {"world_size": 1, "comm_bits": None, "comm_levels": "uniform", "comm_granularity": "tensor",
+                         "comm_error_feedback": False}
 
 
 # ---- atomic files -------------------------------------------------------------------------------
@@ -157,7 +178,27 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                    help="progress bar on stderr; auto: when stderr is a terminal")
     r.add_argument("--no-plot", dest="plot", action="store_false", default=d(True), help="skip curves.png")
     r.add_argument("--quiet", action="store_true", default=d(False), help="no per-epoch lines on stdout")
+    c = p.add_argument_group("data-parallel (under torchrun)")
+    c.add_argument("--comm-bits", type=int, default=d(None),
+                   help="exchange gradients as stochastic codes of these bits (1 to 8); default: fp32 all-reduce")
+    c.add_argument("--comm-levels", choices=zdist.LEVELS, default=d("uniform"), help="levels of the gradient codes")
+    c.add_argument("--comm-granularity", type=_comm_granularity, default=d("tensor"), metavar="{tensor,bucket,N}",
+                   help="one gradient scale per parameter tensor, per DDP bucket, or per block of N elements")
+    c.add_argument("--comm-error-feedback", action="store_true", default=d(False),
+                   help="carry each rank's rounding residual to its next step (biased; see torch_zipml.distributed)")
     return p
+
+
+def _comm_granularity(text: str):
+    if text in zdist.GRANULARITIES:
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 'tensor', 'bucket' or a positive block size, got {text!r}")
+    return value
 
 
 def _check_args(a: argparse.Namespace) -> None:
@@ -173,7 +214,7 @@ def _check_args(a: argparse.Namespace) -> None:
         positive(name, getattr(a, name), allow_none=True)
     if a.bn_calibration < 0:
         raise SystemExit(f"error: --bn-calibration must be >= 0, got {a.bn_calibration}")
-    for name in ("weight_bits", "grad_bits", "act_bits"):
+    for name in ("weight_bits", "grad_bits", "act_bits", "comm_bits"):
         v = getattr(a, name)
         if v is not None and not 1 <= v <= 8:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be from 1 to 8, got {v}")
@@ -281,12 +322,17 @@ def _plot(history: List[Dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def _settings(a: argparse.Namespace) -> Dict:
-    return {k: v for k, v in sorted(vars(a).items()) if k not in _RUN_ONLY}
+def _settings(a: argparse.Namespace, world_size: Optional[int]) -> Dict:
+    """The run's settings; those of data-parallel training (world_size, comm_*) only when distributed
+    (world_size given), so a single-process run's settings stay those of the C++ trainer."""
+    settings = {k: v for k, v in vars(a).items() if k not in _RUN_ONLY and k not in _DISTRIBUTED_DEFAULTS}
+    if world_size is not None:
+        settings.update({k: getattr(a, k) for k in _DISTRIBUTED_DEFAULTS if k != "world_size"}, world_size=world_size)
+    return dict(sorted(settings.items()))
 
 
-def _resolve_resume(a: argparse.Namespace, explicit: Dict) -> Optional[Dict]:
-    """Loads the checkpoint of a --resume and takes the run's settings from it (in place)."""
+def _load_resume(a: argparse.Namespace) -> Optional[Dict]:
+    """The checkpoint a --resume names (None without --resume), with its path under "_path"."""
     if a.resume is None:
         return None
     path = a.resume or os.path.join(a.out or default_out(a), CHECKPOINT)
@@ -297,52 +343,201 @@ def _resolve_resume(a: argparse.Namespace, explicit: Dict) -> Optional[Dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise SystemExit(f"error: --resume: {path} is not a torch_zipml.train checkpoint")
-    saved = ckpt["settings"]
+    ckpt["_path"] = path
+    return ckpt
+
+
+def _apply_resume(a: argparse.Namespace, explicit: Dict, ckpt: Optional[Dict]) -> None:
+    """Takes a resumed run's settings from its checkpoint (in place); a flag given with another value
+    than the run's is an error."""
+    if ckpt is None:
+        return
+    saved = {**_DISTRIBUTED_DEFAULTS, **ckpt["settings"]}  # a single-process run: no comm_* settings
     conflicts = [f"--{k.replace('_', '-')} {explicit[k]} (the run used {saved[k]})"
                  for k in sorted(explicit) if k in saved and k not in _OVERRIDABLE and explicit[k] != saved[k]]
     if conflicts:
         raise SystemExit("error: --resume continues a run with its own settings; these flags differ: "
                          + "; ".join(conflicts))
     for k, v in saved.items():
-        if not (k in _OVERRIDABLE and k in explicit):
+        if not (k in _OVERRIDABLE and k in explicit) and k != "world_size":
             setattr(a, k, v)
     if a.out is None:
-        a.out = os.path.dirname(os.path.abspath(path))
-    return ckpt
+        a.out = os.path.dirname(os.path.abspath(ckpt["_path"]))
+
+
+def _check_same_settings(a: argparse.Namespace, procs: "Processes") -> None:
+    """Every rank must run the same settings (--data-dir may differ: each machine has its own copy)."""
+    mine = {k: v for k, v in _settings(a, procs.world_size).items() if k not in _OVERRIDABLE}
+    first = procs.gather(mine)[0]
+    differ = [f"--{k.replace('_', '-')} {mine[k]} (rank 0 has {first[k]})" for k in sorted(mine) if mine[k] != first[k]]
+    if differ:
+        raise SystemExit(f"error: every process must be given the same flags; rank {procs.rank} differs: "
+                         + "; ".join(differ))
+
+
+class Processes:
+    """The processes of a torchrun launch (this one's rank, the world size, the process group), or
+    the one process of a plain launch (rank 0 of 1, no group)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.distributed = launched_by_torchrun()
+        self.rank, self.world_size = 0, 1
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        self.owned = not dist.is_initialized()  # a program may have set the group up itself
+        if self.owned:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+
+    def from_rank0(self, fn: Callable):
+        """fn() run on rank 0 only; its result, or the SystemExit it raised, on every rank."""
+        if not self.distributed:
+            return fn()
+        import torch.distributed as dist
+        message = result = failure = None
+        if self.rank == 0:
+            try:
+                result = fn()
+            except SystemExit as e:
+                message = str(e)
+            except Exception as e:  # a bug: tell the others, then raise it here with its traceback
+                message, failure = f"error: rank 0 failed: {type(e).__name__}: {e}", e
+        box = [(message, result)]
+        dist.broadcast_object_list(box, src=0)
+        if failure is not None:
+            raise failure
+        message, result = box[0]
+        if message is not None:
+            raise SystemExit(message)
+        return result
+
+    def agree(self, fn: Callable):
+        """fn() run on every rank; if it raises SystemExit on any rank, every rank raises one that
+        names the ranks and their messages (instead of the others waiting in a collective)."""
+        if not self.distributed:
+            return fn()
+        import torch.distributed as dist
+        message = result = None
+        try:
+            result = fn()
+        except SystemExit as e:
+            message = str(e)
+        messages: List = [None] * self.world_size
+        dist.all_gather_object(messages, message)
+        failed = [(r, m.removeprefix("error: ")) for r, m in enumerate(messages) if m is not None]
+        if failed:
+            raise SystemExit("error: " + "; ".join(f"rank {r}: {m}" for r, m in failed))
+        return result
+
+    def sum(self, values: Sequence[float], device: torch.device) -> List[float]:
+        """Elementwise sums over the ranks (float64)."""
+        if not self.distributed:
+            return list(values)
+        import torch.distributed as dist
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def gather(self, obj) -> List:
+        if not self.distributed:
+            return [obj]
+        import torch.distributed as dist
+        out: List = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.distributed and self.owned:
+            import torch.distributed as dist
+            dist.destroy_process_group()
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _device(a: argparse.Namespace) -> torch.device:
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda, but torch sees no CUDA device")
+    if device.type == "cuda" and device.index is None and launched_by_torchrun():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def _check_distributed(a: argparse.Namespace, procs: Processes, ckpt: Optional[Dict]) -> None:
+    if ckpt is not None:
+        saved = ckpt["settings"].get("world_size", 1)
+        if saved != procs.world_size:
+            raise SystemExit(f"error: --resume: the run used {saved} process(es), this launch has "
+                             f"{procs.world_size}; resume it with as many (torchrun --nproc-per-node ...)")
+    if not procs.distributed:
+        given = [f"--{k.replace('_', '-')}" for k, v in _DISTRIBUTED_DEFAULTS.items()
+                 if k != "world_size" and getattr(a, k) != v]
+        if given:
+            raise SystemExit(f"error: {', '.join(given)} set how data-parallel processes exchange gradients; launch "
+                             f"with torchrun (e.g. torchrun --nproc-per-node 2 -m torch_zipml.train ...)")
+    elif a.batch_size % procs.world_size:
+        raise SystemExit(f"error: --batch-size {a.batch_size} (the global batch) must be a multiple of the "
+                         f"{procs.world_size} processes")
 
 
 def train(a: argparse.Namespace, explicit: Optional[Dict] = None,
           on_epoch: Optional[Callable[[Dict], None]] = None) -> Dict:
     """Runs the training the namespace describes (see build_parser); returns metrics.json's content.
-    `explicit`: the flags given on the command line (checked against a resumed run's settings)."""
-    ckpt = _resolve_resume(a, explicit if explicit is not None else {})
-    _check_args(a)
+    `explicit`: the flags given on the command line (checked against a resumed run's settings).
+    Under torchrun, trains data-parallel (see the module docstring); every rank returns the result."""
+    device = _device(a)
+    procs = Processes(device)
+    try:
+        return _train(a, explicit if explicit is not None else {}, on_epoch, device, procs)
+    finally:
+        procs.close()
+
+
+def _train(a: argparse.Namespace, explicit: Dict, on_epoch: Optional[Callable[[Dict], None]],
+           device: torch.device, procs: Processes) -> Dict:
+    ckpt = procs.from_rank0(lambda: _load_resume(a))  # rank 0 reads the checkpoint, the others get it
+
+    def check():  # local checks only: no collective in here
+        _apply_resume(a, explicit, ckpt)
+        _check_args(a)
+        _check_distributed(a, procs, ckpt)
+
+    procs.agree(check)
+    if procs.distributed:
+        procs.agree(lambda: _check_same_settings(a, procs))
     if a.out is None:
         a.out = default_out(a)
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = torch.device(a.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda, but torch sees no CUDA device")
-    quiet = a.quiet
+    lead = procs.rank == 0
+    quiet = a.quiet or not lead
 
-    try:
-        train_set = zdata.load_dataset(a.dataset, a.data_dir, "train")
-        test_set = zdata.load_dataset(a.dataset, a.data_dir, "test")
-    except zdata.DataNotFoundError as e:
-        raise SystemExit(f"error: {e}") from None
-    mean, std = zdata.channel_stats(train_set.images)  # of the whole split, subset or not
-    train_set = train_set.subset(a.train_subset, seed=a.seed)
-    test_set = test_set.subset(a.test_subset, seed=a.seed)
-    fingerprint = {split: {"samples": len(ds), "pixel_sum": int(ds.images.sum(dtype=torch.int64)),
-                           "label_sum": int(ds.labels.sum())}
-                   for split, ds in (("train", train_set), ("test", test_set))}
-    if ckpt is not None and ckpt["data"] != fingerprint:
-        raise SystemExit(f"error: --resume: the data differ from the run's ({ckpt['data']} then, {fingerprint} now); "
-                         f"pass --data-dir pointing at the run's data")
+    def load_data():
+        try:
+            train_set = zdata.load_dataset(a.dataset, a.data_dir, "train")
+            test_set = zdata.load_dataset(a.dataset, a.data_dir, "test")
+        except zdata.DataNotFoundError as e:
+            raise SystemExit(f"error: {e}") from None
+        mean, std = zdata.channel_stats(train_set.images)  # of the whole split, subset or not
+        train_set = train_set.subset(a.train_subset, seed=a.seed)
+        test_set = test_set.subset(a.test_subset, seed=a.seed)
+        fingerprint = {split: {"samples": len(ds), "pixel_sum": int(ds.images.sum(dtype=torch.int64)),
+                               "label_sum": int(ds.labels.sum())}
+                       for split, ds in (("train", train_set), ("test", test_set))}
+        if ckpt is not None and ckpt["data"] != fingerprint:
+            raise SystemExit(f"error: --resume: the data differ from the run's ({ckpt['data']} then, {fingerprint} "
+                             f"now); pass --data-dir pointing at the run's data")
+        return train_set, test_set, mean, std, fingerprint
+
+    train_set, test_set, mean, std, fingerprint = procs.agree(load_data)  # every rank has the same data
     hflip = None if a.hflip == "auto" else a.hflip == "on"
     train_loader = zdata.BatchLoader(train_set, a.batch_size, train=True, seed=a.seed, mean=mean, std=std,
-                                     hflip=hflip, device=device)
+                                     hflip=hflip, device=device, rank=procs.rank, world_size=procs.world_size)
     test_loader = zdata.BatchLoader(test_set, a.eval_batch_size, train=False, mean=mean, std=std, device=device)
     calibration_loader = zdata.BatchLoader(train_set, a.batch_size, train=False, mean=mean, std=std, device=device)
 
@@ -373,10 +568,22 @@ def train(a: argparse.Namespace, explicit: Optional[Dict] = None,
         torch.set_rng_state(ckpt["torch_rng"])
         epoch, step, history, elapsed = ckpt["epoch"], ckpt["step"], ckpt["history"], ckpt["elapsed_seconds"]
 
-    settings = _settings(a)
+    forward, comm = model, None
+    if procs.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+        forward = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if a.comm_bits is not None:
+            comm = zdist.register(forward, bits=a.comm_bits, levels=a.comm_levels, granularity=a.comm_granularity,
+                                  error_feedback=a.comm_error_feedback, seed=a.seed % 2**64)
+            if ckpt is not None:
+                comm.load_state_dict(ckpt["comm"][procs.rank])
+
+    settings = _settings(a, procs.world_size if procs.distributed else None)
     title = f"{a.model} on {a.dataset}, {a.scheme}" + (
         f" {a.weight_bits}-bit {a.levels} {a.rounding}" if a.scheme == "zipml" else "")
-    show = a.progress == "on" or (a.progress == "auto" and sys.stderr.isatty())
+    if procs.distributed:
+        title += f", {procs.world_size} processes" + (f", {a.comm_bits}-bit gradients" if comm else "")
+    show = lead and (a.progress == "on" or (a.progress == "auto" and sys.stderr.isatty()))
     if not quiet:
         print(f"{title}: {len(train_set)} training / {len(test_set)} test samples, {epochs} epochs of "
               f"{steps_per_epoch} steps ({total_steps} in all), out={a.out}" +
@@ -385,6 +592,11 @@ def train(a: argparse.Namespace, explicit: Optional[Dict] = None,
     def record() -> Dict:
         result = {"settings": settings, "layers": layer_schemes(model), "environment": _environment(device),
                   "epochs": history}
+        if procs.distributed:
+            result["environment"]["processes"] = procs.world_size
+        if comm is not None:
+            result["communication"] = {"bytes_sent_per_rank": comm.bytes_sent, "fp32_bytes_per_rank": comm.bytes_fp32,
+                                       "compression": comm.compression, "steps": comm.step}
         if step >= total_steps and history:
             result["final"] = final
         return result
@@ -404,7 +616,7 @@ def train(a: argparse.Namespace, explicit: Optional[Dict] = None,
         for i, (x, y) in enumerate(train_loader.epoch(epoch)):
             if step >= total_steps:
                 break
-            logits = model(x)
+            logits = forward(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -416,38 +628,51 @@ def train(a: argparse.Namespace, explicit: Optional[Dict] = None,
             seen += y.shape[0]
             bar.update(i + 1, lambda: {"loss": float(loss_sum) / seen, "acc": 100.0 * int(correct) / seen})
         bar.close()
-        loss_sum, correct = float(loss_sum), int(correct)
+        loss_sum, correct, seen = procs.sum([float(loss_sum), float(correct), float(seen)], device)
         epoch += 1
         run_epochs += 1
-        test_result = test(model)
-        seconds = time.perf_counter() - start
-        elapsed += seconds
-        row = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
-               "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
-               "test_loss": test_result["loss"], "test_acc": test_result["acc"], "epoch_seconds": seconds,
-               "elapsed_seconds": elapsed}
+        comm_states = procs.gather(comm.state_dict()) if comm is not None else None
+
+        def evaluate_and_save():  # rank 0: the evaluation, the files
+            test_result = test(model)
+            seconds = time.perf_counter() - start
+            row = {"epoch": epoch, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                   "train_loss": loss_sum / seen, "train_acc": 100.0 * correct / seen,
+                   "test_loss": test_result["loss"], "test_acc": test_result["acc"], "epoch_seconds": seconds,
+                   "elapsed_seconds": elapsed + seconds}
+            done = {}
+            if step >= total_steps:
+                done = {"test_acc": test_result["acc"], "test_loss": test_result["loss"], "steps": step,
+                        "epochs": epoch, "seconds": elapsed + seconds}
+                done.update(_nearest_eval(model, test))
+            if not quiet:
+                print(f"epoch {epoch}/{epochs} step {step}: train loss {row['train_loss']:.4f} acc "
+                      f"{row['train_acc']:.2f}% | test loss {test_result['loss']:.4f} acc {test_result['acc']:.2f}% | "
+                      f"{seconds:.1f}s", flush=True)
+            checkpoint = {"format": CHECKPOINT_FORMAT, "settings": settings, "data": fingerprint, "epoch": epoch,
+                          "step": step, "model": model.state_dict(), "zipml_rng": rng_state(model),
+                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "torch_rng": torch.get_rng_state(), "history": history + [row],
+                          "elapsed_seconds": elapsed + seconds}
+            if comm_states is not None:
+                checkpoint["comm"] = comm_states  # per rank: the Philox step and error-feedback residuals
+            save_atomic(checkpoint, os.path.join(a.out, CHECKPOINT))
+            write_csv(history + [row], os.path.join(a.out, "metrics.csv"))
+            return row, done
+
+        row, done = procs.from_rank0(evaluate_and_save)
         history.append(row)
-        if step >= total_steps:
-            final = {"test_acc": test_result["acc"], "test_loss": test_result["loss"], "steps": step,
-                     "epochs": epoch, "seconds": elapsed}
-            final.update(_nearest_eval(model, test))
-        if not quiet:
-            print(f"epoch {epoch}/{epochs} step {step}: train loss {row['train_loss']:.4f} acc "
-                  f"{row['train_acc']:.2f}% | test loss {test_result['loss']:.4f} acc {test_result['acc']:.2f}% | "
-                  f"{seconds:.1f}s", flush=True)
-        save_atomic({"format": CHECKPOINT_FORMAT, "settings": settings, "data": fingerprint, "epoch": epoch,
-                     "step": step, "model": model.state_dict(), "zipml_rng": rng_state(model),
-                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "torch_rng": torch.get_rng_state(), "history": history, "elapsed_seconds": elapsed},
-                    os.path.join(a.out, CHECKPOINT))
-        write_csv(history, os.path.join(a.out, "metrics.csv"))
-        write_json(record(), os.path.join(a.out, "metrics.json"))
-        if a.plot:
-            _plot(history, os.path.join(a.out, "curves.png"), title)
+        elapsed = row["elapsed_seconds"]
+        if done:
+            final = done
+        if lead:
+            write_json(record(), os.path.join(a.out, "metrics.json"))
+            if a.plot:
+                _plot(history, os.path.join(a.out, "curves.png"), title)
         if on_epoch is not None:
             on_epoch(row)
     if step >= total_steps and not final and history:  # resumed a finished run
-        final = json.load(open(os.path.join(a.out, "metrics.json"))).get("final", {})
+        final = procs.from_rank0(lambda: json.load(open(os.path.join(a.out, "metrics.json"))).get("final", {}))
     result = record()
     if final and not quiet:
         print(f"final test accuracy: {final['test_acc']:.2f}% ({a.out})", flush=True)
