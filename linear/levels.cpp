@@ -11,25 +11,6 @@ namespace {
 
 using detail::CandidateBins;
 
-// The distinct values of a column as candidates, each with its mass (the core's distinct_value_bins).
-CandidateBins distinct_value_bins(std::vector<float> v) {
-  std::sort(v.begin(), v.end());
-  CandidateBins bins;
-  for (float x : v) {
-    if (bins.points.empty() || x != bins.points.back()) {
-      bins.points.push_back(x);
-      bins.count.push_back(0.0);
-    }
-    bins.count.back() += 1.0;
-  }
-  bins.count.pop_back();  // mass on the last point costs nothing in any interval
-  for (size_t t = 0; t < bins.count.size(); ++t) {
-    bins.sum.push_back(bins.count[t] * bins.points[t]);
-    bins.sum_sq.push_back(bins.count[t] * bins.points[t] * bins.points[t]);
-  }
-  return bins;
-}
-
 // A histogram of `grid` equal bins over [-1, 1] merged between the candidates {min} + the grid
 // points strictly inside (min, max) + {max} (the core's level_histogram + histogram_bins).
 CandidateBins histogram_bins(const std::vector<float>& v, int64_t grid) {
@@ -44,37 +25,15 @@ CandidateBins histogram_bins(const std::vector<float>& v, int64_t grid) {
     st[3 * b + 1] += x;
     st[3 * b + 2] += static_cast<double>(x) * x;
   }
-  CandidateBins bins;
-  bins.points.push_back(lo);
-  std::vector<int64_t> first_bin{0};
-  for (int64_t t = 1; t < grid; ++t) {
-    const float g = static_cast<float>(-1.0 + 2.0 * static_cast<double>(t) / static_cast<double>(grid));
-    if (g > lo && g < hi) {
-      bins.points.push_back(g);
-      first_bin.push_back(t);
-    }
-  }
-  if (hi > lo) {
-    bins.points.push_back(hi);
-    first_bin.push_back(grid);
-  }
-  const int64_t intervals = static_cast<int64_t>(bins.points.size()) - 1;
-  bins.count.assign(intervals, 0.0);
-  bins.sum.assign(intervals, 0.0);
-  bins.sum_sq.assign(intervals, 0.0);
-  for (int64_t j = 0; j < intervals; ++j)
-    for (int64_t t = first_bin[j]; t < first_bin[j + 1]; ++t) {
-      bins.count[j] += st[3 * t];
-      bins.sum[j] += st[3 * t + 1];
-      bins.sum_sq[j] += st[3 * t + 2];
-    }
-  return bins;
+  return detail::merge_histogram(st.data(), grid, lo, hi);
 }
 
 std::vector<float> column_levels(const std::vector<float>& v, int count, int64_t candidates) {
   CandidateBins bins;
   if (static_cast<int64_t>(v.size()) <= candidates) {
-    bins = distinct_value_bins(v);
+    std::vector<float> sorted = v;
+    std::sort(sorted.begin(), sorted.end());
+    bins = detail::distinct_value_bins(sorted);
   } else {
     const int64_t grid = (candidates + count - 2) / (count - 1) * (count - 1);
     bins = histogram_bins(v, grid);

@@ -17,7 +17,7 @@ namespace zipml::detail {
 namespace {
 
 // Candidates and bins from the data itself: each distinct value is a candidate with its mass on it.
-CandidateBins distinct_value_bins(const at::Tensor& x, const at::Tensor& scale) {
+CandidateBins data_bins(const at::Tensor& x, const at::Tensor& scale) {
   const at::Tensor xs = to_float(x.detach()).contiguous().cpu();
   const at::Tensor ss = scale.contiguous().cpu();
   const int64_t numel = xs.numel(), inner = numel / std::max<int64_t>(ss.numel(), 1);
@@ -32,20 +32,7 @@ CandidateBins distinct_value_bins(const at::Tensor& x, const at::Tensor& scale) 
     v[i] = kernel::normalize(xp[i], kernel::inverse_scale(s), unit);
   }
   std::sort(v.begin(), v.end());
-  CandidateBins bins;
-  for (int64_t i = 0; i < numel; ++i) {
-    if (bins.points.empty() || v[i] != bins.points.back()) {
-      bins.points.push_back(v[i]);
-      bins.count.push_back(0.0);
-    }
-    bins.count.back() += 1.0;
-  }
-  bins.count.pop_back();  // mass on the last point costs nothing in any interval
-  for (size_t t = 0; t < bins.count.size(); ++t) {
-    bins.sum.push_back(bins.count[t] * bins.points[t]);
-    bins.sum_sq.push_back(bins.count[t] * bins.points[t] * bins.points[t]);
-  }
-  return bins;
+  return distinct_value_bins(v);
 }
 
 // Candidates {min v} + the grid points -1 + 2t/B strictly between min v and max v + {max v}; the
@@ -57,34 +44,7 @@ CandidateBins histogram_bins(const at::Tensor& x, const at::Tensor& scale, int64
                                                                               int64_t)>();
   auto [stats_dev, range_dev] = histogram.call(x.detach(), scale, grid);
   const at::Tensor stats = stats_dev.cpu(), range = range_dev.cpu();
-  const double* st = stats.data_ptr<double>();
-  const float lo = range.data_ptr<float>()[0], hi = range.data_ptr<float>()[1];
-  CandidateBins bins;
-  bins.points.push_back(lo);
-  std::vector<int64_t> first_bin{0};  // histogram bin where each candidate interval starts
-  for (int64_t t = 1; t < grid; ++t) {
-    const float g = static_cast<float>(-1.0 + 2.0 * static_cast<double>(t) / static_cast<double>(grid));
-    if (g > lo && g < hi) {
-      bins.points.push_back(g);
-      first_bin.push_back(t);
-    }
-  }
-  if (hi > lo) {
-    bins.points.push_back(hi);
-    first_bin.push_back(grid);
-  }
-  const int64_t intervals = static_cast<int64_t>(bins.points.size()) - 1;
-  bins.count.assign(intervals, 0.0);
-  bins.sum.assign(intervals, 0.0);
-  bins.sum_sq.assign(intervals, 0.0);
-  for (int64_t j = 0; j < intervals; ++j) {
-    for (int64_t t = first_bin[j]; t < first_bin[j + 1]; ++t) {
-      bins.count[j] += st[3 * t];
-      bins.sum[j] += st[3 * t + 1];
-      bins.sum_sq[j] += st[3 * t + 2];
-    }
-  }
-  return bins;
+  return merge_histogram(stats.data_ptr<double>(), grid, range.data_ptr<float>()[0], range.data_ptr<float>()[1]);
 }
 
 at::Tensor optimal_levels(const at::Tensor& x, int64_t num_levels, int64_t candidates,
@@ -109,7 +69,7 @@ at::Tensor optimal_levels(const at::Tensor& x, int64_t num_levels, int64_t candi
 
   CandidateBins bins;
   if (x.numel() <= candidates) {
-    bins = distinct_value_bins(x, scale);
+    bins = data_bins(x, scale);
   } else {
     // A multiple of K-1 bins puts every uniform level on the grid.
     const int64_t grid = (candidates + num_levels - 2) / (num_levels - 1) * (num_levels - 1);

@@ -12,6 +12,14 @@ struct CandidateBins {
   std::vector<double> count, sum, sum_sq;  // m bins
 };
 
+// The distinct values of sorted `v` as candidates, each with its mass on it.
+CandidateBins distinct_value_bins(const std::vector<float>& sorted);
+
+// The candidates {lo} + the grid points -1 + 2t/grid strictly inside (lo, hi) + {hi}, with a histogram
+// of `grid` equal bins over [-1, 1] (stats: count, sum, sum of squares per bin) merged into the
+// intervals between consecutive candidates. lo and hi are the data's min and max.
+CandidateBins merge_histogram(const double* stats, int64_t grid, float lo, float hi);
+
 // Total stochastic-rounding variance sum (b - x)(x - a) of the data in bins [from, to) when c[from] and
 // c[to] are consecutive levels.
 double interval_variance(const CandidateBins& bins, int64_t from, int64_t to);

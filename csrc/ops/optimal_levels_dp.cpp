@@ -27,6 +27,52 @@ struct PrefixSums {
 
 }  // namespace
 
+CandidateBins distinct_value_bins(const std::vector<float>& sorted) {
+  CandidateBins bins;
+  for (float x : sorted) {
+    if (bins.points.empty() || x != bins.points.back()) {
+      bins.points.push_back(x);
+      bins.count.push_back(0.0);
+    }
+    bins.count.back() += 1.0;
+  }
+  bins.count.pop_back();  // mass on the last point costs nothing in any interval
+  for (size_t t = 0; t < bins.count.size(); ++t) {
+    bins.sum.push_back(bins.count[t] * bins.points[t]);
+    bins.sum_sq.push_back(bins.count[t] * bins.points[t] * bins.points[t]);
+  }
+  return bins;
+}
+
+CandidateBins merge_histogram(const double* stats, int64_t grid, float lo, float hi) {
+  CandidateBins bins;
+  bins.points.push_back(lo);
+  std::vector<int64_t> first_bin{0};  // histogram bin where each candidate interval starts
+  for (int64_t t = 1; t < grid; ++t) {
+    const float g = static_cast<float>(-1.0 + 2.0 * static_cast<double>(t) / static_cast<double>(grid));
+    if (g > lo && g < hi) {
+      bins.points.push_back(g);
+      first_bin.push_back(t);
+    }
+  }
+  if (hi > lo) {
+    bins.points.push_back(hi);
+    first_bin.push_back(grid);
+  }
+  const int64_t intervals = static_cast<int64_t>(bins.points.size()) - 1;
+  bins.count.assign(intervals, 0.0);
+  bins.sum.assign(intervals, 0.0);
+  bins.sum_sq.assign(intervals, 0.0);
+  for (int64_t j = 0; j < intervals; ++j) {
+    for (int64_t t = first_bin[j]; t < first_bin[j + 1]; ++t) {
+      bins.count[j] += stats[3 * t];
+      bins.sum[j] += stats[3 * t + 1];
+      bins.sum_sq[j] += stats[3 * t + 2];
+    }
+  }
+  return bins;
+}
+
 double interval_variance(const CandidateBins& bins, int64_t from, int64_t to) {
   return PrefixSums(bins).cost(bins.points, from, to);
 }
