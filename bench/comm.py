@@ -26,7 +26,6 @@ Timings on a shared machine are noisy; the byte counts are exact.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -215,24 +214,15 @@ def main() -> None:
     if args.worker:
         return worker(args)
 
-    import torch
-    import torch_zipml as tz
     from torch_zipml.train import write_json
+
+    from machine import describe
 
     start = time.perf_counter()
     load_before = os.getloadavg()
     result = {"benchmark": "comm", "what": __doc__.split("\n\n")[1].strip(),
-              "machine": {"node": platform.node(), "platform": platform.platform(),
-                          "python": platform.python_version(), "torch": torch.__version__,
-                          "cpu_count": os.cpu_count(), "cpu_isa": tz.cpu_isa(), "backend": "gloo (loopback)",
-                          "threads_per_process": 1},
+              "machine": {**describe(), "backend": "gloo (loopback)", "threads_per_process": 1},
               "steps": args.steps, "warmup": args.warmup, "worlds": {}}
-    try:
-        with open("/proc/cpuinfo") as f:
-            result["machine"]["cpu"] = next(line.split(":", 1)[1].strip() for line in f
-                                            if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     with tempfile.TemporaryDirectory() as tmp:
         for world in args.worlds:
             raw_path = os.path.join(tmp, f"w{world}.json")

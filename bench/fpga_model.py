@@ -30,11 +30,8 @@ Platforms (every figure an assumption, none measured): the paper's Intel Xeon+FP
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform as host_platform
-import subprocess
 import sys
 import time
 
@@ -43,6 +40,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the checkout's torch_zipml, built in place, before any installed one
 
+from machine import describe  # noqa: E402
 from torch_zipml import _fpga, fpga  # noqa: E402
 from torch_zipml.linear.data import synthetic_regression  # noqa: E402
 
@@ -86,22 +84,6 @@ PAPER = {
         "gisette": {"8-bit": 2.0, "4-bit": 4.0, "2-bit": 7.8, "1-bit": 15.4},
     },
 }
-
-
-def machine() -> dict:
-    model = host_platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    return {"cpu": model, "cores": os.cpu_count(), "load_average_1min": os.getloadavg()[0], "commit": commit,
-            "python": host_platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
 def synthesize(name: str, cfg: dict, rows: int, seed: int):
@@ -234,7 +216,7 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "fpga-model.json"))
     args = ap.parse_args(argv)
     start = time.perf_counter()
-    results = {"machine": machine(), "platforms": {p: _fpga.platform(p) for p in PLATFORMS},
+    results = {"machine": describe(), "platforms": {p: _fpga.platform(p) for p in PLATFORMS},
                "designs": _fpga.designs(), "paper": PAPER, "datasets": {}}
     for name, cfg in DATASETS.items():
         rows = min(cfg["sim_rows"], 3000) if args.quick else cfg["sim_rows"]

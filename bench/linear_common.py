@@ -3,11 +3,8 @@ the training runs through torch_zipml.linear's Trainer (the C++ solver) with the
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 
@@ -20,38 +17,12 @@ RESULTS = os.path.join(ROOT, "bench", "results")
 import torch  # noqa: E402,F401
 from torch_zipml import _linear  # noqa: E402
 
+from machine import describe  # noqa: E402
+
 
 def machine() -> dict:
-    model, flags = platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        load = None
-    return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "avx512_vnni": "avx512_vnni" in flags,
-        "kernel_isa": _linear.isa(),
-        "load_average_1min": load,
-        "python": platform.python_version(),
-        "commit": commit,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
+    """bench/machine.py's description plus the ISA of the linear solvers' integer kernels."""
+    return {**describe(), "linear_kernels": _linear.isa()}
 
 
 def write_json(name: str, data: dict, path: str = None) -> str:

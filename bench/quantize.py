@@ -34,9 +34,7 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +44,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the checkout's torch_zipml, built in place, before any installed one
 import torch_zipml  # noqa: E402
+from machine import describe  # noqa: E402
 
 BYTES_PER_ELEMENT = 8  # float32: 4 read + 4 written
 SEED = 2017
@@ -69,39 +68,6 @@ def timed(fn, reps, warmup, partner=None):
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times), min(times), statistics.median(partner_times) if partner_times else None
-
-
-def machine():
-    model = platform.processor() or platform.machine()
-    flags = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:
-        pass
-    def git(*args):
-        try:
-            return subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    commit, status = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "cpu": model,
-        "logical_cores": os.cpu_count(),
-        "isa_flags": sorted(flags & {"avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_vnni"}),
-        "torch": torch.__version__,
-        "torch_zipml": torch_zipml.__version__,
-        "git_commit": commit,
-        "git_uncommitted_changes": bool(status) if status is not None else None,
-        "python": platform.python_version(),
-        "load_average_at_start": os.getloadavg(),
-    }
 
 
 def plain_fake_quantize(x, scale, bits, rounding, out):
@@ -165,7 +131,7 @@ def main():
     tensor_scale = x.abs().amax()
     channel_scale = channels.abs().amax(dim=1, keepdim=True)
     auto_isa = torch_zipml.cpu_isa()
-    info = machine()
+    info = describe()
     print(f"{info['cpu']}, {args.threads} threads, torch {info['torch']}, zipml CPU kernels: {auto_isa}")
     print(f"fake_quantize on 2^{args.log2_numel} float32 elements; GB/s = {BYTES_PER_ELEMENT} bytes/element "
           "(4 read + 4 written) / median time")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
 import sys
 import time
@@ -37,6 +36,8 @@ from torch_zipml.models import resnet20  # noqa: E402
 from torch_zipml.nn import ZipConv2d  # noqa: E402
 from torch_zipml.train import write_json  # noqa: E402
 
+from machine import describe  # noqa: E402
+
 GOAL = 1.25
 CONFIGS = {
     "fp32": QuantConfig("fp32"),
@@ -46,20 +47,6 @@ CONFIGS = {
     "xnor": QuantConfig("xnor"),
 }
 DEFAULT_CONFIGS = "fp32,zipml-w2-uniform,zipml-w2-optimal"
-
-
-def machine(device: torch.device) -> dict:
-    info = {"node": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "cpu_isa": tz.cpu_isa()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        info["cpu"] = platform.processor()
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
 
 
 def sync(device: torch.device) -> None:
@@ -170,7 +157,7 @@ def main(argv=None) -> int:
         "benchmark": "step_overhead",
         "what": f"ResNet-20 training step (forward + backward + SGD), batch {a.batch_size}, 3x32x32, "
                 f"first/last layer FP32; interleaved repetitions, median",
-        "device": str(device), "machine": machine(device),
+        "device": str(device), "machine": describe(device),
         "load_average_before": load_before, "load_average_after": load_after,
         "reps": a.reps, "warmup": a.warmup, "results": results, "quantization_only": quant,
         "goal": {"max_ratio": GOAL, "ratios": zip_ratios, "met": all(v <= GOAL for v in zip_ratios.values())},
