@@ -17,13 +17,11 @@ negative result: how nearest rounding compares (at 8 bits it is usually as good)
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
 import numpy as np
 
-from linear_common import RESULTS, machine, summary, train, write_json
+from linear_common import study_main, summary, train
 
 from torch_zipml.linear import data as zdata
 
@@ -121,20 +119,7 @@ def plot(results, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=2017)
-    parser.add_argument("--output", default=os.path.join(RESULTS, "linear_classification.json"))
-    args = parser.parse_args()
-    results = {}
-    for name in args.datasets:
-        cfg = dict(DATASETS[name], **(QUICK.get(name, {}) if args.quick else {}))
-        print(f"{name}: {cfg}", flush=True)
-        results[name] = run_dataset(name, cfg, args)
-    write_json(None, {"machine": machine(), "quick": args.quick, "datasets": results}, args.output)
-    plot(results, os.path.splitext(args.output)[0] + ".png")
+    study_main(__doc__, "linear_classification.json", DATASETS, QUICK, run_dataset, plot)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ the training runs through torch_zipml.linear's Trainer (the C++ solver) with the
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -53,3 +54,23 @@ def summary(result: dict) -> dict:
             "store_bytes", "build_seconds", "chebyshev_error")
     return {k: (np.asarray(result[k]).tolist() if hasattr(result[k], "__len__") and not isinstance(result[k], str)
                 else result[k]) for k in keep if k in result}
+
+
+def study_main(doc: str, output: str, datasets: dict, quick: dict, run_dataset, plot, **extra) -> None:
+    """The command line of the per-data-set studies (bench/linear_{double_sampling,optimal_levels,
+    classification}.py): runs run_dataset(name, config, args) on each data set, writes the JSON
+    (machine, quick, `extra`, datasets) and plots it next to it."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer epochs and smaller data")
+    parser.add_argument("--datasets", nargs="*", default=list(datasets))
+    parser.add_argument("--threads", type=int, default=0, help="0: all cores")
+    parser.add_argument("--seed", type=int, default=2017)
+    parser.add_argument("--output", default=os.path.join(RESULTS, output))
+    args = parser.parse_args()
+    results = {}
+    for name in args.datasets:
+        cfg = dict(datasets[name], **(quick.get(name, {}) if args.quick else {}))
+        print(f"{name}: {cfg}", flush=True)
+        results[name] = run_dataset(name, cfg, args)
+    write_json(None, {"machine": machine(), "quick": args.quick, **extra, "datasets": results}, args.output)
+    plot(results, os.path.splitext(args.output)[0] + ".png")

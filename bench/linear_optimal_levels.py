@@ -23,13 +23,11 @@ round-up bits) whatever the levels, plus the 4-byte label per row; optimal level
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
 import numpy as np
 
-from linear_common import RESULTS, machine, summary, train, write_json
+from linear_common import study_main, summary, train
 
 from torch_zipml.linear.data import synthetic_regression
 
@@ -121,21 +119,7 @@ def plot(results, path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--seed", type=int, default=2017)
-    parser.add_argument("--output", default=os.path.join(RESULTS, "linear_optimal_levels.json"))
-    args = parser.parse_args()
-    results = {}
-    for name in args.datasets:
-        cfg = dict(DATASETS[name], **(QUICK.get(name, {}) if args.quick else {}))
-        print(f"{name}: {cfg}", flush=True)
-        results[name] = run_dataset(name, cfg, args)
-    write_json(None, {"machine": machine(), "quick": args.quick, "tolerance": TOLERANCE, "datasets": results},
-               args.output)
-    plot(results, os.path.splitext(args.output)[0] + ".png")
+    study_main(__doc__, "linear_optimal_levels.json", DATASETS, QUICK, run_dataset, plot, tolerance=TOLERANCE)
 
 
 if __name__ == "__main__":
