@@ -168,7 +168,11 @@ void check_same_as_rank0(Processes& processes, const std::vector<std::pair<std::
                          const std::string& context) {
   if (!processes.distributed()) return;
   std::string mine;
-  for (const auto& [name, value] : items) mine += name + '\x1f' + value + '\x1e';
+  for (const auto& [name, value] : items) {
+    std::string v = value;
+    v.erase(std::remove(v.begin(), v.end(), '\n'), v.end());  // one line per value in the message
+    mine += name + '\x1f' + v + '\x1e';
+  }
   const auto all = processes.all_gather(mine);
   const auto parse = [](const std::string& text) {
     std::vector<std::pair<std::string, std::string>> out;

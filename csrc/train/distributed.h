@@ -18,7 +18,8 @@
 //   fp32:            4 bytes per gradient element, every parameter's gradient in model.parameters() order;
 //   --comm-bits B:   ceil(N * B / 8) bytes of packed codes (zipml::pack, all parameters in one stream)
 //                    + 4 bytes (a float32 max|g| scale) per parameter tensor,
-// so the compression is 4N / (ceil(N B / 8) + 4P), within 0.3% of 32 / B for ResNet-20. Codes are
+// so the compression is 4N / (ceil(N B / 8) + 4P): 7.986 for ResNet-20 at 4 bits (N = 269434, P = 59),
+// 31.78 at 1 bit. Codes are
 // stochastic onto the uniform grid, Philox seed rank_seed(seed, rank) and offset step * 2^20 + the
 // parameter's index, as torch_zipml.distributed with granularity "tensor". Every rank decodes all W
 // values, sums them in rank order 0..W-1 and divides by W: the same bits on every rank.
