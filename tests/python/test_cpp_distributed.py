@@ -49,8 +49,10 @@ def data_dir(tmp_path_factory):
 
 
 def args(data_dir, out, *extra):
-    return ["--data-dir", data_dir, "--out", str(out), "--train-subset", "64", "--test-subset", "32",
-            "--batch-size", "16", "--epochs", "1", "--max-steps", "3", "--eval-batch-size", "16",
+    # 29 samples: batches of 16 and 13, the second padded with the epoch's first sample to 2 shards of 7;
+    # 3 steps over 2 epochs.
+    return ["--data-dir", data_dir, "--out", str(out), "--train-subset", "29", "--test-subset", "32",
+            "--batch-size", "16", "--epochs", "2", "--max-steps", "3", "--eval-batch-size", "16",
             "--bn-calibration", "1", "--threads", "1", "--seed", "5", "--progress", "off", "--scheme", "fp32",
             *map(str, extra)]
 
