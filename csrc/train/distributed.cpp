@@ -16,8 +16,7 @@ namespace train {
 namespace {
 
 const std::string kPrefix = "zipml_train/";
-const std::string kAbort = kPrefix + "abort";           // "rank R: message" of a failed rank
-const std::string kAbortSeen = kPrefix + "abort_seen";  // ranks that know of it
+const std::string kAbortSeen = kPrefix + "abort_seen";  // ranks that know of a failed rank
 const std::string kDone = kPrefix + "done";             // ranks past their last collective
 
 std::optional<std::string> env(const char* name) {
@@ -94,33 +93,32 @@ std::string Processes::describe(const std::exception& e) {
 }
 
 void Processes::wait_for(const std::vector<std::string>& keys) {
-  // In slices, so that a failed rank's abort ends the wait instead of the timeout.
-  const auto deadline = std::chrono::steady_clock::now() + timeout_;
-  const std::chrono::milliseconds slice(1000);
-  for (;;) {
-    try {
-      store_->wait(keys, slice);
-      return;
-    } catch (const c10::DistStoreError&) {
-    }
-    if (store_->check({kAbort})) {
-      store_->add(kAbortSeen, 1);
-      throw std::runtime_error(string_of(store_->get(kAbort)) + " (this rank stops too)");
-    }
-    if (std::chrono::steady_clock::now() > deadline)
-      throw std::runtime_error("rank " + std::to_string(rank_) + " waited " + std::to_string(timeout_.count() / 1000) +
-                               " s for the other ranks (--dist-timeout): did one of them die?");
+  try {
+    store_->wait(keys, timeout_);
+  } catch (const c10::DistStoreError&) {
+    throw std::runtime_error("rank " + std::to_string(rank_) + " waited " + std::to_string(timeout_.count() / 1000) +
+                             " s for the other ranks (--dist-timeout): did one of them die?");
   }
 }
 
+// Each value is tagged: kValue + the data, or kAborted + why (see abort()).
+constexpr char kValue = 'V', kAborted = 'A';
+
 std::vector<std::string> Processes::all_gather(const std::string& mine) {
   if (!distributed()) return {mine};
-  store_->set(key_of(calls_, rank_), bytes_of(mine));
+  store_->set(key_of(calls_, rank_), bytes_of(kValue + mine));
   std::vector<std::string> keys;
   for (int64_t r = 0; r < world_size_; ++r) keys.push_back(key_of(calls_, r));
   wait_for(keys);
   std::vector<std::string> values;
-  for (const auto& v : store_->multiGet(keys)) values.push_back(string_of(v));
+  for (const auto& v : store_->multiGet(keys)) {
+    std::string value = string_of(v);
+    if (value.empty() || value[0] != kValue) {
+      store_->add(kAbortSeen, 1);
+      throw std::runtime_error(value.empty() ? "a rank sent nothing" : value.substr(1) + " (this rank stops too)");
+    }
+    values.push_back(value.substr(1));
+  }
   // Every rank has published this call, so every rank is done reading the previous one.
   if (calls_ > 0) store_->deleteKey(key_of(calls_ - 1, rank_));
   ++calls_;
@@ -138,11 +136,15 @@ void Processes::check_all_ok(const std::string& message) {
 void Processes::abort(const std::string& message) {
   if (!distributed()) return;
   try {
-    if (!store_->check({kAbort})) store_->set(kAbort, bytes_of("rank " + std::to_string(rank_) + " failed: " + message));
+    // The others wait for this rank's value of collective calls_ (or of calls_ + 1, if they have read
+    // that one already): both say why instead, so every rank stops at its next wait.
+    const auto why = bytes_of(kAborted + ("rank " + std::to_string(rank_) + " failed: " + message));
+    store_->set(key_of(calls_, rank_), why);
+    store_->set(key_of(calls_ + 1, rank_), why);
     const int64_t seen = store_->add(kAbortSeen, 1);
     if (rank_ != 0) return;
-    // Rank 0 may host the store: stay until the others have read why (each within one training step).
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    // Rank 0 may host the store: stay a while, until the others have read why (or have died).
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
     for (int64_t n = seen; n < world_size_ && std::chrono::steady_clock::now() < deadline; n = store_->add(kAbortSeen, 0))
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
   } catch (const std::exception&) {  // the store is gone: nothing left to tell

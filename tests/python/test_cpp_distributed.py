@@ -181,3 +181,15 @@ def test_comm_bits_out_of_range_or_without_a_launch_is_an_error(data_dir, tmp_pa
     results = launch([[str(TRAIN), *args(data_dir, tmp_path / "y"), "--comm-bits", "9"]] * 2)
     for code, _, err in results:
         assert code == 2 and "rank 0: --comm-bits must be from 1 to 8, got 9; rank 1: --comm-bits must be" in err, err
+
+
+def test_a_rank_failing_after_the_checks_stops_the_others(data_dir, tmp_path):
+    """Rank 0 cannot create its --out (a run flag, free to differ): rank 1, waiting for rank 0's first
+    gradients, stops with rank 0's reason instead of waiting out --dist-timeout."""
+    (tmp_path / "a_file").write_text("")
+    base = [str(TRAIN), *args(data_dir, tmp_path / "run"), "--comm-bits", "4"]
+    results = launch([base + ["--out", str(tmp_path / "a_file" / "out")], base])
+    for r, (code, _, err) in enumerate(results):
+        assert code == 1, f"rank {r}: {err[-3000:]}"
+    assert "cannot create directory" in results[0][2], results[0][2]
+    assert "rank 0 failed: cannot create directory" in results[1][2], results[1][2]
