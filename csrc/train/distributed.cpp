@@ -274,6 +274,7 @@ at::Tensor GradientExchange::decode(const std::string& payload, int64_t numel, c
 }
 
 void GradientExchange::average(const std::vector<at::Tensor>& parameters, int64_t step) {
+  const auto began = std::chrono::steady_clock::now();
   std::vector<at::Tensor> grads;
   std::vector<int64_t> sizes;
   int64_t numel = 0;
@@ -302,6 +303,7 @@ void GradientExchange::average(const std::vector<at::Tensor>& parameters, int64_
   ++steps_;
   bytes_sent_ += static_cast<int64_t>(mine.size());
   bytes_fp32_ += 4 * numel;
+  seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - began).count();
 }
 
 // ---- data and checks -----------------------------------------------------------------------------

@@ -119,6 +119,7 @@ class GradientExchange {
   int64_t steps() const { return steps_; }
   int64_t bytes_sent() const { return bytes_sent_; }  // this rank's store values, in all
   int64_t bytes_fp32() const { return bytes_fp32_; }  // the same gradients as float32
+  double seconds() const { return seconds_; }         // spent in average(), waiting for the others included
   double compression() const { return bytes_sent_ ? static_cast<double>(bytes_fp32_) / bytes_sent_ : 0.0; }
 
  private:
@@ -130,6 +131,7 @@ class GradientExchange {
   uint64_t seed_;
   at::Tensor grid_;
   int64_t steps_ = 0, bytes_sent_ = 0, bytes_fp32_ = 0;
+  double seconds_ = 0;
 };
 
 // The rows of a global batch that rank `rank` of `world` trains on: positions rank, rank + world, ...

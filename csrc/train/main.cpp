@@ -790,6 +790,7 @@ int run(int argc, char** argv, Processes& procs) {
       comm.insert("fp32_bytes_per_rank", exchange->bytes_fp32());
       comm.insert("compression", exchange->compression());
       comm.insert("steps", exchange->steps());
+      comm.insert("seconds", exchange->seconds());
       comm.insert("transport", std::string("c10d TCPStore, a star through its server"));
       result.insert("communication", comm);
     }
