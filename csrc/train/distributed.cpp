@@ -110,8 +110,14 @@ std::vector<std::string> Processes::all_gather(const std::string& mine) {
   std::vector<std::string> keys;
   for (int64_t r = 0; r < world_size_; ++r) keys.push_back(key_of(calls_, r));
   wait_for(keys);
+  std::vector<std::string> others;  // this rank's value is here already
+  for (int64_t r = 0; r < world_size_; ++r)
+    if (r != rank_) others.push_back(keys[r]);
+  std::vector<std::vector<uint8_t>> fetched;
+  if (!others.empty()) fetched = store_->multiGet(others);
+  fetched.insert(fetched.begin() + rank_, bytes_of(kValue + mine));
   std::vector<std::string> values;
-  for (const auto& v : store_->multiGet(keys)) {
+  for (const auto& v : fetched) {
     std::string value = string_of(v);
     if (value.empty() || value[0] != kValue) {
       store_->add(kAbortSeen, 1);

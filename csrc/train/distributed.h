@@ -14,20 +14,29 @@
 // MASTER_ADDR:MASTER_PORT, as torch.distributed's env:// does); launched by hand, rank 0 hosts it
 // there. Keys live under "zipml_train/" and are deleted once every rank has read them.
 //
-// What travels, per step and rank: ONE store value, set once and read by all W ranks:
-//   fp32:            4 bytes per gradient element, every parameter's gradient in model.parameters() order;
+// What travels, per step and rank: ONE store value, set once and fetched by each of the other ranks:
+//   fp32:            4 bytes per gradient element, every parameter's gradient in model.parameters() order
+//                    (1 077 736 bytes for ResNet-20 on Fashion-MNIST);
 //   --comm-bits B:   ceil(N * B / 8) bytes of packed codes (zipml::pack, all parameters in one stream)
 //                    + 4 bytes (a float32 max|g| scale) per parameter tensor,
-// so the compression is 4N / (ceil(N B / 8) + 4P): 7.986 for ResNet-20 at 4 bits (N = 269434, P = 59),
-// 31.78 at 1 bit. Codes are
-// stochastic onto the uniform grid, Philox seed rank_seed(seed, rank) and offset step * 2^20 + the
-// parameter's index, as torch_zipml.distributed with granularity "tensor". Every rank decodes all W
-// values, sums them in rank order 0..W-1 and divides by W: the same bits on every rank.
+// so the compression is 4N / (ceil(N B / 8) + 4P): 7.986 for ResNet-20 at 4 bits (N = 269 434,
+// P = 59; 134 953 bytes), 31.78 at 1 bit. Codes are stochastic onto the uniform grid with Philox seed
+// rank_seed(seed, rank) and offset step * 2^20 + the parameter's index, as torch_zipml.distributed's
+// hook with granularity "tensor". Every rank decodes all W values, sums them in rank order 0..W-1 and
+// divides by W: the same bits on every rank, and, with 2 processes, the same weights bit for bit as
+// the Python trainer under DDP (tests/python/test_cpp_distributed.py).
 //
-// Cost: this is a star through the store's server, not a ring. Each rank sends its value to the
-// server once and fetches the other W - 1 values, so the server's link carries W values in and
-// W (W - 1) out per step, where a ring all-gather moves (W - 1) values through every link. Fine for a
-// few processes on one machine or a fast network; for many ranks use the Python trainer (gloo/NCCL).
+// Cost: this is a star through the store's server (rank 0's process, or torchrun's agent), not a
+// ring. Each rank uploads its value once and downloads the other W - 1, so the server's link carries
+// W values in and W (W - 1) out per step, where a ring all-gather moves W - 1 values through every
+// link in parallel. Fine for a few processes on one machine or a fast network; for many ranks use the
+// Python trainer (gloo/NCCL rings). Every collective is a blocking round trip (no overlap with the
+// backward pass, unlike DDP's buckets).
+//
+// Failures: the settings (every setting flag, --comm-bits, the number of processes, the resumed
+// step) are compared with rank 0's before training, and a bad or differing one stops every rank with
+// the same message. A rank that fails later puts its reason where the others wait next, so they stop
+// with it; a rank that dies silently leaves the others waiting --dist-timeout seconds.
 #pragma once
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/Store.hpp>
