@@ -407,18 +407,22 @@ GenericDict settings_of(const Args& a, std::optional<int64_t> world_size = std::
   return d;
 }
 
-// The data-parallel launch's own checks (local: no collective in here).
-void check_distributed(const Args& a, const Processes& procs, const std::optional<GenericDict>& ckpt) {
+// The data-parallel launch's own checks (local: no collective in here); a --resume takes the run's
+// --comm-bits unless given (then it must be the run's).
+void check_distributed(Args& a, const Processes& procs, const std::optional<GenericDict>& ckpt) {
   if (ckpt) {
     const GenericDict saved = ckpt->at("settings").toGenericDict();
     const int64_t saved_world = saved.contains("world_size") ? saved.at("world_size").toInt() : 1;
     if (saved_world != procs.world_size())
       throw UsageError(cat("--resume: the run used ", saved_world, " process(es), this launch has ", procs.world_size(),
                            "; resume it with as many"));
-    const IValue bits = a.comm_bits ? IValue(*a.comm_bits) : IValue();
-    if (saved.contains("comm_bits") && saved.at("comm_bits") != bits)
-      throw UsageError(cat("--resume: the run used --comm-bits ", zipml::train::to_json(saved.at("comm_bits"), 0),
-                           ", this launch ", zipml::train::to_json(bits, 0)));
+    const std::optional<int64_t> saved_bits =
+        saved.contains("comm_bits") && !saved.at("comm_bits").isNone() ? std::optional<int64_t>(saved.at("comm_bits").toInt())
+                                                                        : std::nullopt;
+    if (a.comm_bits && a.comm_bits != saved_bits)
+      throw UsageError(cat("--resume continues a run with its own settings; these flags differ: --comm-bits ",
+                           *a.comm_bits, " (the run used ", saved_bits ? std::to_string(*saved_bits) : "none", ")"));
+    a.comm_bits = saved_bits;
   }
   if (!procs.distributed() && a.comm_bits)
     throw UsageError("--comm-bits sets how data-parallel processes exchange gradients; launch with torchrun "

@@ -193,3 +193,23 @@ def test_a_rank_failing_after_the_checks_stops_the_others(data_dir, tmp_path):
         assert code == 1, f"rank {r}: {err[-3000:]}"
     assert "cannot create directory" in results[0][2], results[0][2]
     assert "rank 0 failed: cannot create directory" in results[1][2], results[1][2]
+
+
+def test_resume_of_a_two_rank_run_is_exact(data_dir, tmp_path):
+    """Every rank reads the checkpoint (rank 0's); --comm-bits comes from it; a differing one is an error."""
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    for out, extra in ((whole, []), (parts, ["--stop-after-epochs", "1"])):
+        for code, _, err in launch([[str(TRAIN), *args(data_dir, out, "--comm-bits", "4", *extra)]] * 2):
+            assert code == 0, err[-3000:]
+    resume = [str(TRAIN), "--resume", "--out", str(parts), "--threads", "1", "--progress", "off"]
+    for code, _, err in launch([resume + ["--comm-bits", "2"]] * 2):
+        assert code == 2 and "--comm-bits 2 (the run used 4)" in err, err[-3000:]
+    results = launch([resume] * 2)
+    for code, _, err in results:
+        assert code == 0, err[-3000:]
+    a = torch.load(whole / "checkpoint.pt", weights_only=False)
+    b = torch.load(parts / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert len(set(checksums(results).values())) == 1
