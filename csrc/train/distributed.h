@@ -33,6 +33,10 @@
 // Python trainer (gloo/NCCL rings). Every collective is a blocking round trip (no overlap with the
 // backward pass, unlike DDP's buckets).
 //
+// --resume: every rank reads the checkpoint rank 0 wrote (one file system, or a copy on each machine),
+// with the same number of processes; the run continues bit for bit (rank 1 takes rank 0's batch-norm
+// running statistics, which training-mode forwards do not read).
+//
 // Failures: the settings (every setting flag, --comm-bits, the number of processes, the resumed
 // step) are compared with rank 0's before training, and a bad or differing one stops every rank with
 // the same message. A rank that fails later puts its reason where the others wait next, so they stop
