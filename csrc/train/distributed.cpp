@@ -41,7 +41,9 @@ int64_t env_int(const char* name, const std::string& text) {
 std::vector<uint8_t> bytes_of(const std::string& s) { return std::vector<uint8_t>(s.begin(), s.end()); }
 std::string string_of(const std::vector<uint8_t>& b) { return std::string(b.begin(), b.end()); }
 
-std::string key_of(int64_t call, int64_t rank) { return kPrefix + "c" + std::to_string(call) + "/" + std::to_string(rank); }
+std::string key_of(int64_t call, int64_t rank) {
+  return kPrefix + "c" + std::to_string(call) + "/" + std::to_string(rank);
+}
 
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
 
@@ -135,7 +137,8 @@ void Processes::check_all_ok(const std::string& message) {
   const auto all = all_gather(message.empty() ? "ok" : "error:" + message);
   std::string failed;
   for (int64_t r = 0; r < world_size_; ++r)
-    if (all[r] != "ok") failed += (failed.empty() ? "" : "; ") + ("rank " + std::to_string(r) + ": " + all[r].substr(6));
+    if (all[r] != "ok")
+      failed += (failed.empty() ? "" : "; ") + ("rank " + std::to_string(r) + ": " + all[r].substr(6));
   if (!failed.empty()) throw DistributedUsageError(failed);
 }
 
@@ -151,7 +154,8 @@ void Processes::abort(const std::string& message) {
     if (rank_ != 0) return;
     // Rank 0 may host the store: stay a while, until the others have read why (or have died).
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
-    for (int64_t n = seen; n < world_size_ && std::chrono::steady_clock::now() < deadline; n = store_->add(kAbortSeen, 0))
+    for (int64_t n = seen; n < world_size_ && std::chrono::steady_clock::now() < deadline;
+         n = store_->add(kAbortSeen, 0))
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
   } catch (const std::exception&) {  // the store is gone: nothing left to tell
   }
@@ -200,8 +204,8 @@ void check_same_as_rank0(Processes& processes, const std::vector<std::pair<std::
       const std::string v0 = i < first.size() ? first[i].second : "(nothing)";
       const std::string vr = i < theirs.size() ? theirs[i].second : "(nothing)";
       if (i < theirs.size() && i < first.size() && theirs[i].first != name)
-        problems += std::string(problems.empty() ? "" : "; ") + "rank " + std::to_string(r) + " has " + theirs[i].first +
-                    " where rank 0 has " + name;
+        problems += std::string(problems.empty() ? "" : "; ") + "rank " + std::to_string(r) + " has " +
+                    theirs[i].first + " where rank 0 has " + name;
       else if (vr != v0)
         problems += std::string(problems.empty() ? "" : "; ") + "rank " + std::to_string(r) + " has " + name + " " +
                     vr + " but rank 0 has " + name + " " + v0;
@@ -250,7 +254,8 @@ std::string GradientExchange::encode(const std::vector<at::Tensor>& grads, int64
   return payload;
 }
 
-at::Tensor GradientExchange::decode(const std::string& payload, int64_t numel, const std::vector<int64_t>& sizes) const {
+at::Tensor GradientExchange::decode(const std::string& payload, int64_t numel,
+                                    const std::vector<int64_t>& sizes) const {
   const auto as_tensor = [&](size_t offset, int64_t count, at::ScalarType type) {
     at::Tensor t = at::empty({count}, type);
     std::memcpy(t.data_ptr(), payload.data() + offset, t.nbytes());

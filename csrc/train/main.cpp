@@ -416,9 +416,8 @@ void check_distributed(Args& a, const Processes& procs, const std::optional<Gene
     if (saved_world != procs.world_size())
       throw UsageError(cat("--resume: the run used ", saved_world, " process(es), this launch has ", procs.world_size(),
                            "; resume it with as many"));
-    const std::optional<int64_t> saved_bits =
-        saved.contains("comm_bits") && !saved.at("comm_bits").isNone() ? std::optional<int64_t>(saved.at("comm_bits").toInt())
-                                                                        : std::nullopt;
+    std::optional<int64_t> saved_bits;
+    if (saved.contains("comm_bits") && !saved.at("comm_bits").isNone()) saved_bits = saved.at("comm_bits").toInt();
     if (a.comm_bits && a.comm_bits != saved_bits)
       throw UsageError(cat("--resume continues a run with its own settings; these flags differ: --comm-bits ",
                            *a.comm_bits, " (the run used ", saved_bits ? std::to_string(*saved_bits) : "none", ")"));
@@ -757,9 +756,10 @@ int run(int argc, char** argv, Processes& procs) {
   const std::vector<at::Tensor> parameters = model->parameters();
   std::optional<zipml::train::GradientExchange> exchange;
   if (procs.distributed()) {
-    zipml::train::check_same_as_rank0(
-        procs, {{"data", zipml::train::to_json(fingerprint, 0)}, {"initial parameters", hex(zipml::train::parameter_checksum(parameters))}},
-        "the replicas differ before training");
+    zipml::train::check_same_as_rank0(procs,
+                                      {{"data", zipml::train::to_json(fingerprint, 0)},
+                                       {"initial parameters", hex(zipml::train::parameter_checksum(parameters))}},
+                                      "the replicas differ before training");
     exchange.emplace(procs, a.comm_bits, static_cast<uint64_t>(a.seed));
   }
 
