@@ -16,6 +16,8 @@
 // the layers' schemes, the machine and the final result) and checkpoint.pt after every epoch, all
 // written atomically. The checkpoint is a pickle Python reads with
 // torch.load(path, weights_only=False): its "model" is a state dict of torch_zipml.models' ResNet.
+//
+// Data-parallel: torchrun --nproc-per-node 2 --no-python zipml_train --comm-bits 4 ... (see distributed.h).
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -44,6 +46,7 @@
 #include <string>
 #include <vector>
 
+#include "distributed.h"
 #include "output.h"
 
 namespace {
@@ -52,6 +55,7 @@ using c10::IValue;
 using GenericDict = c10::impl::GenericDict;
 using zipml::data::BatchLoader;
 using zipml::models::ResNetCifar;
+using zipml::train::Processes;
 
 constexpr const char* kFormat = "zipml_train/1";
 constexpr const char* kCheckpoint = "checkpoint.pt";
@@ -98,6 +102,9 @@ struct Args {
   std::optional<int64_t> stop_after_epochs, threads;
   std::string device = "cpu", progress = "auto";
   bool quiet = false, no_plot = false;
+  // data-parallel (settings of a distributed run only, recorded with it: see settings_of)
+  std::optional<int64_t> comm_bits;
+  int64_t dist_timeout = 1800;
 };
 
 // One flag: how to parse it, and for settings, how to read and restore it (the key of metrics.json's
@@ -262,6 +269,14 @@ const std::vector<Flag>& flags() {
     f.push_back(switch_flag("quiet", &Args::quiet, "no per-epoch lines on stdout", false));
     f.push_back(switch_flag("no-plot", &Args::no_plot,
                             "accepted for the Python trainer's command lines: zipml_train draws no curves.png", false));
+    // data-parallel
+    f.push_back(optional_int_flag("comm-bits", &Args::comm_bits,
+                                  "data-parallel: exchange gradients as stochastic codes of this many bits (1 to 8) "
+                                  "with one float32 scale per parameter tensor, instead of float32",
+                                  false));
+    f.push_back(int_flag("dist-timeout", &Args::dist_timeout,
+                         "data-parallel: seconds a rank waits for the others before giving up"));
+    f.back().setting = false;
     return f;
   }();
   return all;
@@ -287,7 +302,18 @@ void print_help() {
     std::cout << head << "\n      " << (f.help.empty() ? "" : f.help + " ") << "(default: " << f.default_text << ")\n";
   }
   std::cout << "  --resume [CHECKPOINT]\n      continue from CHECKPOINT (default: <out>/checkpoint.pt)\n"
-               "  --help\n";
+               "  --help\n\n"
+               "Data-parallel training (the twin of torchrun ... -m torch_zipml.train):\n"
+               "  torchrun --nproc-per-node 2 --no-python zipml_train --comm-bits 4 ...\n"
+               "or one process per rank with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set. --batch-size is the\n"
+               "global batch; each rank trains on its shard (positions rank, rank + W, ...) and after each backward\n"
+               "the ranks average their gradients: float32, or with --comm-bits B unbiased B-bit stochastic codes\n"
+               "(per-tensor max-abs scale, Philox seed per rank and step) plus a float32 scale per parameter tensor,\n"
+               "about 32/B times fewer bytes. Every rank sums the W gradients in rank order, so the replicas stay\n"
+               "identical (each prints its parameter checksum on stderr at the end). Rank 0 evaluates, writes and\n"
+               "prints. The exchange goes through a c10d TCPStore (torchrun's, or hosted by rank 0): pip's LibTorch\n"
+               "lacks gloo's headers, so no process group can be built. It is a star through the store's server,\n"
+               "not a ring: the server moves W x (W - 1) gradient payloads out per step; fine for a few processes.\n";
 }
 
 // Parses argv into `a`; returns the keys of the settings given explicitly.
@@ -346,9 +372,11 @@ void check_args(const Args& a) {
   positive("max-steps", a.max_steps, true);
   positive("stop-after-epochs", a.stop_after_epochs, true);
   positive("threads", a.threads, true);
+  positive("dist-timeout", a.dist_timeout, false);
   for (auto [name, v] : {std::pair<const char*, std::optional<int64_t>>{"weight-bits", a.weight_bits},
                          {"grad-bits", a.grad_bits},
-                         {"act-bits", a.act_bits}})
+                         {"act-bits", a.act_bits},
+                         {"comm-bits", a.comm_bits}})
     if (v && (*v < 1 || *v > 8)) throw UsageError(cat("--", name, " must be from 1 to 8, got ", *v));
   if (a.bn_calibration < 0) throw UsageError(cat("--bn-calibration must be >= 0, got ", a.bn_calibration));
   if (!(a.lr > 0)) throw UsageError(cat("--lr must be positive, got ", a.lr));
@@ -360,14 +388,61 @@ std::string default_out(const Args& a) {
   return cat("runs/", a.model, "-", a.dataset, "-", tag, "-s", a.seed);
 }
 
-GenericDict settings_of(const Args& a) {
-  std::vector<const Flag*> sorted;
+// The run's settings; with world_size (a distributed run), also those of the gradient exchange, with the
+// names and values of the Python trainer's (comm_levels etc. are what zipml_train does, not flags).
+GenericDict settings_of(const Args& a, std::optional<int64_t> world_size = std::nullopt) {
+  std::vector<std::pair<std::string, IValue>> items;
   for (const Flag& f : flags())
-    if (f.setting) sorted.push_back(&f);
-  std::sort(sorted.begin(), sorted.end(), [](const Flag* x, const Flag* y) { return x->key() < y->key(); });
+    if (f.setting) items.emplace_back(f.key(), f.get(a));
+  if (world_size) {
+    items.emplace_back("world_size", *world_size);
+    items.emplace_back("comm_bits", a.comm_bits ? IValue(*a.comm_bits) : IValue());
+    items.emplace_back("comm_levels", std::string("uniform"));
+    items.emplace_back("comm_granularity", std::string("tensor"));
+    items.emplace_back("comm_error_feedback", false);
+  }
+  std::sort(items.begin(), items.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
   GenericDict d = new_dict();
-  for (const Flag* f : sorted) d.insert(f->key(), f->get(a));
+  for (const auto& [key, value] : items) d.insert(key, value);
   return d;
+}
+
+// The data-parallel launch's own checks (local: no collective in here); a --resume takes the run's
+// --comm-bits unless given (then it must be the run's).
+void check_distributed(Args& a, const Processes& procs, const std::optional<GenericDict>& ckpt) {
+  if (ckpt) {
+    const GenericDict saved = ckpt->at("settings").toGenericDict();
+    const int64_t saved_world = saved.contains("world_size") ? saved.at("world_size").toInt() : 1;
+    if (saved_world != procs.world_size())
+      throw UsageError(cat("--resume: the run used ", saved_world, " process(es), this launch has ", procs.world_size(),
+                           "; resume it with as many"));
+    std::optional<int64_t> saved_bits;
+    if (saved.contains("comm_bits") && !saved.at("comm_bits").isNone()) saved_bits = saved.at("comm_bits").toInt();
+    if (a.comm_bits && a.comm_bits != saved_bits)
+      throw UsageError(cat("--resume continues a run with its own settings; these flags differ: --comm-bits ",
+                           *a.comm_bits, " (the run used ", saved_bits ? std::to_string(*saved_bits) : "none", ")"));
+    a.comm_bits = saved_bits;
+  }
+  if (!procs.distributed() && a.comm_bits)
+    throw UsageError("--comm-bits sets how data-parallel processes exchange gradients; launch with torchrun "
+                     "(torchrun --nproc-per-node 2 --no-python zipml_train ...) or set RANK and WORLD_SIZE");
+  if (procs.distributed() && a.batch_size % procs.world_size())
+    throw UsageError(cat("--batch-size ", a.batch_size, " (the global batch) must be a multiple of the ",
+                         procs.world_size(), " processes"));
+}
+
+// This rank's shard of a global batch (see zipml::train::shard_rows).
+zipml::data::Batch shard(const zipml::data::Batch& global, const BatchLoader::Epoch& epoch, const Processes& procs) {
+  const bool padded = global.y.size(0) % procs.world_size() != 0;
+  const zipml::data::Batch first = padded ? epoch[0] : zipml::data::Batch{};
+  return {zipml::train::shard_rows(global.x, first.x, procs.rank(), procs.world_size()),
+          zipml::train::shard_rows(global.y, first.y, procs.rank(), procs.world_size())};
+}
+
+std::string hex(uint64_t v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "0x%016llx", static_cast<unsigned long long>(v));
+  return buf;
 }
 
 zipml::nn::QuantConfig quant_config(const Args& a) {
@@ -561,27 +636,51 @@ std::string format_fixed(double v, int digits) {
 
 // ---- training ------------------------------------------------------------------------------------
 
-int run(int argc, char** argv) {
+int run(int argc, char** argv, Processes& procs) {
   Args a;
-  const std::set<std::string> explicit_keys = parse_args(argc, argv, a);
-  std::optional<GenericDict> ckpt = resolve_resume(a, explicit_keys);
-  check_args(a);
+  std::set<std::string> explicit_keys;
+  std::optional<GenericDict> ckpt;
+  procs.agree([&] {  // an error on any rank stops every rank with the same message
+    explicit_keys = parse_args(argc, argv, a);
+    ckpt = resolve_resume(a, explicit_keys);
+    check_args(a);
+    check_distributed(a, procs, ckpt);
+  });
+  const bool lead = procs.rank() == 0;  // evaluates, writes and prints
+  if (procs.distributed()) {
+    std::vector<std::pair<std::string, std::string>> items;
+    for (const auto& item : settings_of(a, procs.world_size())) {
+      std::string flag = item.key().toStringRef();
+      if (flag == "data_dir") continue;  // each machine has its own copy
+      std::replace(flag.begin(), flag.end(), '_', '-');
+      items.emplace_back("--" + flag, zipml::train::to_json(item.value(), 0));
+    }
+    items.emplace_back("--resume (at step)", ckpt ? std::to_string(ckpt->at("step").toInt()) : "no");
+    zipml::train::check_same_as_rank0(procs, items, "every process must be given the same flags");
+    procs.set_timeout(std::chrono::seconds(a.dist_timeout));
+    if (!lead) a.quiet = true, a.progress = "off";
+  }
   if (a.out.empty()) a.out = default_out(a);
   if (a.threads) at::set_num_threads(static_cast<int>(*a.threads));
-  const torch::Device device(a.device);
+  torch::Device device(a.device);
   if (device.is_cuda() && !torch::cuda::is_available())
     throw UsageError("--device cuda, but torch sees no CUDA device");
+  if (device.is_cuda() && !device.has_index() && procs.distributed())
+    device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(procs.local_rank()));
 
   zipml::data::ImageDataset train_set, test_set;
-  try {
-    train_set = zipml::data::load_dataset(a.dataset, a.data_dir, "train");
-    test_set = zipml::data::load_dataset(a.dataset, a.data_dir, "test");
-  } catch (const zipml::data::DataNotFoundError& e) {
-    throw UsageError(e.what());
-  }
-  const auto [mean, std] = zipml::data::channel_stats(train_set.images);  // of the whole split
-  train_set = train_set.subset(a.train_subset, static_cast<uint64_t>(a.seed));
-  test_set = test_set.subset(a.test_subset, static_cast<uint64_t>(a.seed));
+  at::Tensor mean, std;
+  procs.agree([&] {
+    try {
+      train_set = zipml::data::load_dataset(a.dataset, a.data_dir, "train");
+      test_set = zipml::data::load_dataset(a.dataset, a.data_dir, "test");
+    } catch (const zipml::data::DataNotFoundError& e) {
+      throw UsageError(e.what());
+    }
+    std::tie(mean, std) = zipml::data::channel_stats(train_set.images);  // of the whole split
+    train_set = train_set.subset(a.train_subset, static_cast<uint64_t>(a.seed));
+    test_set = test_set.subset(a.test_subset, static_cast<uint64_t>(a.seed));
+  });
   GenericDict fingerprint = new_dict();
   for (const auto* ds : {&train_set, &test_set}) {
     GenericDict f = new_dict();
@@ -654,9 +753,21 @@ int run(int argc, char** argv) {
     elapsed = ckpt->at("elapsed_seconds").toDouble();
   }
 
-  const GenericDict settings = settings_of(a);
+  const std::vector<at::Tensor> parameters = model->parameters();
+  std::optional<zipml::train::GradientExchange> exchange;
+  if (procs.distributed()) {
+    zipml::train::check_same_as_rank0(procs,
+                                      {{"data", zipml::train::to_json(fingerprint, 0)},
+                                       {"initial parameters", hex(zipml::train::parameter_checksum(parameters))}},
+                                      "the replicas differ before training");
+    exchange.emplace(procs, a.comm_bits, static_cast<uint64_t>(a.seed));
+  }
+
+  const GenericDict settings = procs.distributed() ? settings_of(a, procs.world_size()) : settings_of(a);
   std::string title = cat(a.model, " on ", a.dataset, ", ", a.scheme);
   if (a.scheme == "zipml") title += cat(" ", a.weight_bits, "-bit ", a.levels, " ", a.rounding);
+  if (procs.distributed())
+    title += cat(", ", procs.world_size(), " processes", a.comm_bits ? cat(", ", *a.comm_bits, "-bit gradients") : "");
   const bool show = a.progress == "on" || (a.progress == "auto" && ::isatty(2));
   if (!a.quiet)
     std::cout << title << ": " << train_set.size() << " training / " << test_set.size() << " test samples, " << epochs
@@ -666,7 +777,8 @@ int run(int argc, char** argv) {
   GenericDict layers = new_dict();
   for (const auto& [name, scheme] : zipml::nn::layer_schemes(*model))
     layers.insert(name, std::string(zipml::nn::scheme_name(scheme)));
-  const GenericDict env = environment(device);
+  GenericDict env = environment(device);
+  if (procs.distributed()) env.insert("processes", procs.world_size());
   GenericDict final_result = new_dict();
   auto record = [&]() {
     GenericDict result = new_dict();
@@ -676,11 +788,21 @@ int run(int argc, char** argv) {
     c10::impl::GenericList rows(c10::AnyType::get());
     for (const auto& row : history) rows.push_back(row);
     result.insert("epochs", rows);
+    if (exchange) {
+      GenericDict comm = new_dict();
+      comm.insert("bytes_sent_per_rank", exchange->bytes_sent());
+      comm.insert("fp32_bytes_per_rank", exchange->bytes_fp32());
+      comm.insert("compression", exchange->compression());
+      comm.insert("steps", exchange->steps());
+      comm.insert("seconds", exchange->seconds());
+      comm.insert("transport", std::string("c10d TCPStore, a star through its server"));
+      result.insert("communication", comm);
+    }
     if (step >= total_steps && !history.empty() && !final_result.empty()) result.insert("final", final_result);
     return result;
   };
 
-  zipml::train::make_directories(a.out);
+  if (lead) zipml::train::make_directories(a.out);
   int64_t run_epochs = 0;
   model->train();
   while (step < total_steps) {
@@ -693,11 +815,12 @@ int run(int argc, char** argv) {
     int64_t seen = 0;
     const BatchLoader::Epoch batches = train_loader.epoch(epoch);
     for (int64_t i = 0; i < batches.size() && step < total_steps; ++i) {
-      const zipml::data::Batch batch = batches[i];
+      const zipml::data::Batch batch = procs.distributed() ? shard(batches[i], batches, procs) : batches[i];
       const at::Tensor logits = model->forward(batch.x);
       const at::Tensor loss = at::cross_entropy_loss(logits, batch.y);
       optimizer.zero_grad(/*set_to_none=*/true);
       loss.backward();
+      if (exchange) exchange->average(parameters, step);
       optimizer.step();
       ++step;
       sgd_options.lr(a.lr * cosine_factor(step, total_steps));
@@ -713,6 +836,19 @@ int run(int argc, char** argv) {
     bar.close();
     ++epoch;
     ++run_epochs;
+    double train_loss_sum = loss_sum.item<double>(), train_correct = static_cast<double>(correct.item<int64_t>()),
+           train_seen = static_cast<double>(seen);
+    if (procs.distributed()) {  // sums over the ranks, in rank order
+      char mine[128];
+      std::snprintf(mine, sizeof mine, "%a %a %a", train_loss_sum, train_correct, train_seen);
+      train_loss_sum = train_correct = train_seen = 0;
+      for (const std::string& theirs : procs.all_gather(mine)) {
+        double l = 0, c = 0, n = 0;
+        std::sscanf(theirs.c_str(), "%la %la %la", &l, &c, &n);
+        train_loss_sum += l, train_correct += c, train_seen += n;
+      }
+    }
+    if (!lead) continue;
     const Evaluation test = test_model(model);
     const double seconds = Progress::now() - start;
     elapsed += seconds;
@@ -720,8 +856,8 @@ int run(int argc, char** argv) {
     row.insert("epoch", epoch);
     row.insert("step", step);
     row.insert("lr", sgd_options.lr());
-    row.insert("train_loss", loss_sum.item<double>() / static_cast<double>(seen));
-    row.insert("train_acc", 100.0 * static_cast<double>(correct.item<int64_t>()) / static_cast<double>(seen));
+    row.insert("train_loss", train_loss_sum / train_seen);
+    row.insert("train_acc", 100.0 * train_correct / train_seen);
     row.insert("test_loss", test.loss);
     row.insert("test_acc", test.acc);
     row.insert("epoch_seconds", seconds);
@@ -783,6 +919,18 @@ int run(int argc, char** argv) {
     zipml::train::write_atomic(a.out + "/metrics.csv", zipml::train::to_csv(history));
     zipml::train::write_atomic(a.out + "/metrics.json", zipml::train::to_json(record()));
   }
+  if (procs.distributed()) {
+    const std::string checksum = hex(zipml::train::parameter_checksum(parameters));
+    std::cerr << "zipml_train: rank " << procs.rank() << "/" << procs.world_size() << ": parameters after step " << step
+              << ": checksum " << checksum << std::endl;
+    zipml::train::check_same_as_rank0(procs, {{"final parameters", checksum}}, "the replicas diverged");
+    if (exchange && !a.quiet && exchange->steps())
+      std::cout << "gradient exchange: " << exchange->bytes_sent() / exchange->steps() << " bytes per step and rank ("
+                << exchange->bytes_fp32() / exchange->steps() << " as float32), compression "
+                << format_fixed(exchange->compression(), 3) << "x" << std::endl;
+    procs.close();
+    if (!lead) return step >= total_steps || a.stop_after_epochs ? 0 : 1;
+  }
   if (step >= total_steps && final_result.empty() && !history.empty()) {  // resumed a finished run
     std::cerr << "the run in " << a.out << " had already finished" << std::endl;
     return 0;
@@ -796,16 +944,25 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::optional<Processes> procs;
+  // Prints the error; under a data-parallel launch, also tells the other ranks (they stop too).
+  auto fail = [&](const std::string& message, int status) {
+    std::cerr << "zipml_train: error: " << message << std::endl;
+    if (procs) procs->abort(message);
+    return status;
+  };
   try {
-    return run(argc, argv);
+    procs = Processes::from_environment(std::chrono::seconds(300));
+    return run(argc, argv, *procs);
   } catch (const UsageError& e) {
-    std::cerr << "zipml_train: error: " << e.what() << std::endl;
-    return 2;
+    return fail(e.what(), 2);
+  } catch (const zipml::train::DistributedUsageError& e) {
+    return fail(e.what(), 2);
   } catch (const zipml::data::DataError& e) {
-    std::cerr << "zipml_train: error: " << e.what() << std::endl;
-    return 1;
+    return fail(e.what(), 1);
   } catch (const c10::Error& e) {
-    std::cerr << "zipml_train: error: " << e.what_without_backtrace() << std::endl;
-    return 1;
+    return fail(e.what_without_backtrace(), 1);
+  } catch (const std::exception& e) {
+    return fail(e.what(), 1);
   }
 }
