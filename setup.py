@@ -31,12 +31,14 @@ def extension():
     debug = os.environ.get("DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     # No fused multiply-adds: every path (scalar, SIMD, CUDA) must compute the same bits.
-    cxx = opt + ["-ffp-contract=off", "-fno-math-errno"]
+    # -fopenmp: at::parallel_for is a header template over OpenMP (torch's CPU backend); compiled
+    # without it, the kernels' parallel drivers run on one thread.
+    cxx = opt + ["-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
     # csrc/{nn,models,data,train} are the LibTorch front end (CMake's zipml_nn, zipml_train); Python has
     # its own in torch_zipml.
     frontend = tuple(os.path.join("csrc", d, "") for d in ("nn", "models", "data", "train"))
     srcs = [s for s in sources("csrc/**/*.cpp") if not s.startswith(frontend)] + sources("kernels/cpu/*.cpp")
-    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc", "include")])
+    kwargs = dict(include_dirs=[os.path.join(ROOT, "csrc", "include")], extra_link_args=["-fopenmp"])
     if use_cuda():
         if not torch.cuda.is_available():
             os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
