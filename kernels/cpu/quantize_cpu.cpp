@@ -25,6 +25,9 @@ namespace {
 
 constexpr int64_t kBlock = 4096;  // elements per scheduling unit; a multiple of every SIMD width
 constexpr int64_t kChunk = 1024;  // elements converted at a time for non-float32 dtypes
+// Outputs at least this large are written with non-temporal stores (SpanParams::stream_out): far
+// beyond a server core's share of the last-level cache, where the result cannot stay cached anyway.
+constexpr int64_t kStreamBytes = int64_t{64} << 20;
 
 kernel::Levels levels_of(const std::optional<at::Tensor>& table, int64_t num_levels) {
   return kernel::Levels{table ? table->data_ptr<float>() : nullptr, static_cast<int>(num_levels)};
@@ -108,8 +111,10 @@ void fake_quantize_typed(const at::Tensor& x, const at::Tensor& scale, kernel::L
   const float* sp = scale.data_ptr<float>();
   const int64_t numel = x.numel();
   const int64_t inner = scale.numel() ? numel / scale.numel() : 1;
+  const bool stream = std::is_same_v<scalar_t, float> && numel * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
   for_each_span(numel, inner, [&](int64_t begin, int64_t end, int64_t group) {
-    const SpanParams p = params_for(sp, group, levels, rounding, seed, offset);
+    SpanParams p = params_for(sp, group, levels, rounding, seed, offset);
+    p.stream_out = stream;
     if (!kernel::valid_scale(p.scale)) {
       std::fill(op + begin, op + end, static_cast<scalar_t>(kernel::quiet_nan()));
       return;

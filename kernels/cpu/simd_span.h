@@ -363,23 +363,40 @@ struct FakeQuantizeOp {
   const float* x;
   float* out;
 
+  bool stream;
+
+  template <bool kStream>
   void run(const float* xs, float* os, const I (*words)[4]) const {
-    for (int r = 0; r < 4; ++r) V::store(os + r * V::kLanes, q.fake(V::load(xs + r * V::kLanes), words[0][r]));
+    for (int r = 0; r < 4; ++r) {
+      const typename V::F v = q.fake(V::load(xs + r * V::kLanes), words[0][r]);
+      if constexpr (kStream) {
+        V::stream(os + r * V::kLanes, v);
+      } else {
+        V::store(os + r * V::kLanes, v);
+      }
+    }
   }
-  void chunk(int64_t i, const I (*words)[4]) const { run(x + i, out + i, words); }
+  void chunk(int64_t i, const I (*words)[4]) const {
+    if (stream && reinterpret_cast<uintptr_t>(out + i) % (V::kLanes * sizeof(float)) == 0) {
+      run<true>(x + i, out + i, words);
+    } else {
+      run<false>(x + i, out + i, words);
+    }
+  }
   void partial(int64_t i, int64_t a, int64_t b, const I (*words)[4]) const {
     alignas(64) float xs[kChunk] = {};
     alignas(64) float os[kChunk];
     std::memcpy(xs + a, x + i + a, (b - a) * sizeof(float));
-    run(xs, os, words);
+    run<false>(xs, os, words);
     std::memcpy(out + i + a, os + a, (b - a) * sizeof(float));
   }
 
   // Not inlined: each kind of levels and rounding keeps its own function and register allocation.
   __attribute__((noinline)) static bool apply(const Levels& levels, const float* x, float* out, int64_t n,
                                               uint64_t first, const SpanParams& p) {
-    FakeQuantizeOp op{Quantizer<V, Levels, kRounding>(levels, p), x, out};
+    FakeQuantizeOp op{Quantizer<V, Levels, kRounding>(levels, p), x, out, p.stream_out};
     for_each_chunk<V, kRounding == kernel::kNearest ? 0 : 1>(op, n, first, p);
+    if (op.stream) V::stream_fence();  // the streamed lines are visible before the op returns
     return true;
   }
 };

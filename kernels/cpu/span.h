@@ -16,6 +16,9 @@ struct SpanParams {
   int rounding;
   uint64_t seed;
   uint64_t offset;
+  // Write float outputs with non-temporal stores: set by the drivers for tensors far larger than the
+  // caches, where a normal store first reads the line it overwrites (a third of the traffic).
+  bool stream_out = false;
 };
 
 struct SpanKernels {

@@ -47,6 +47,8 @@ struct Avx2 {
 
   static F load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  static void stream(float* p, F v) { _mm256_stream_ps(p, v); }  // p aligned to the vector
+  static void stream_fence() { _mm_sfence(); }
   static I loadi(const uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
   static F set1(float v) { return _mm256_set1_ps(v); }
   static I set1i(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }

@@ -45,6 +45,8 @@ struct Avx512 {
 
   static F load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static void stream(float* p, F v) { _mm512_stream_ps(p, v); }  // p aligned to the vector
+  static void stream_fence() { _mm_sfence(); }
   static I loadi(const uint32_t* p) { return _mm512_loadu_si512(p); }
   static F set1(float v) { return _mm512_set1_ps(v); }
   static I set1i(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }

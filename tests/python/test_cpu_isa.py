@@ -245,6 +245,21 @@ def test_scales(scale, rounding):
     _assert_same_bits(torch.zeros(1000), 4, rounding)
 
 
+@needs_simd
+@pytest.mark.parametrize("rounding", ["stochastic", "nearest"])
+def test_streaming_stores_of_large_outputs(rounding):
+    """fake_quantize outputs of 64 MB and more are written with non-temporal stores (SpanParams::
+    stream_out); aligned and unaligned, with per-row scales, they hold the scalar reference's bits."""
+    x = _data((1 << 24) + 5, seed=13)  # just past the 64 MB threshold
+    for view, kw in ((x, {}), (x[3:], dict(levels=_codebook(9, seed=4))), (x[:-5].reshape(4096, -1), dict(granularity="row"))):
+        want = None
+        for isa in AVAILABLE:
+            torch_zipml.cpu_isa(isa)
+            got = torch_zipml.fake_quantize(view, 4, rounding=rounding, seed=SEED, **kw)
+            want = got if want is None else want
+            assert torch.equal(_bitwise(got), _bitwise(want)), (isa, kw)
+
+
 @pytest.mark.parametrize("isa", AVAILABLE)
 def test_thread_count(isa):
     """One thread or two, the same bits: the words depend on the element index alone."""
