@@ -60,8 +60,8 @@ void LayerFactory::adopt(const QuantConfig& layer, ZipQuantized* zip) {
 
 namespace {
 
-// The layer the resolved config names; a ZipML layer gets a placeholder seed (the factory seeds it:
-// construction must not draw one).
+// The layer the resolved config names. A ZipML layer is built with seed 0 and given its real seed by
+// the factory (adopt), so that construction never draws one from the global generator.
 template <class Plain, class Bwn, class Xnor, class Zip, class Options>
 std::pair<torch::nn::AnyModule, ZipQuantized*> make_layer(const std::string& name, const Options& options,
                                                           const QuantConfig& layer) {
