@@ -318,6 +318,18 @@ struct Quantizer {
 
 // ---- span loops -----------------------------------------------------------------------------------
 
+// Inputs are prefetched this many elements (4 KB) ahead, after a batch's Philox words and before its
+// loads. The hardware prefetcher alone leaves a loop this heavy in arithmetic waiting on memory.
+// Measured on 2^26 floats (2-core Xeon, AVX-512): stochastic fake_quantize went from 8.6 to 10.5
+// GB/s on one thread and from 17 to 20 on two; prefetching before the words, 2 KB ahead, or with a
+// hint that bypasses the caches gained less.
+constexpr int64_t kPrefetchAhead = 1024;
+
+template <int64_t kElements>
+inline void prefetch_input(const float* at) {
+  for (int64_t e = 0; e < kElements; e += 64 / sizeof(float)) __builtin_prefetch(at + e, 0, 3);
+}
+
 // Runs op over the n elements that start at stream index `first`, in chunks of 4 * kLanes elements
 // aligned to Philox blocks (one word vector per stream per chunk; one stream draws two chunks' at
 // once). The chunks cut by the span's ends go through the op's staging buffers; the loop between
@@ -343,6 +355,7 @@ void for_each_chunk(Op& op, int64_t n, uint64_t first, const SpanParams& p) {
   }
   for (; i + kBatch * kChunk <= n; i += kBatch * kChunk, block += kBatch * V::kLanes) {
     for (int s = 0; s < kStreams; ++s) streams[s].template words<kBatch>(block, words, s);
+    if (i + kPrefetchAhead < n) prefetch_input<kBatch * kChunk>(op.x + i + kPrefetchAhead);
     for (int b = 0; b < kBatch; ++b) op.chunk(i + b * kChunk, words[b]);
   }
   for (; i < n; i += kChunk, block += V::kLanes) {
