@@ -140,11 +140,14 @@ struct Run {
   const Kernels& k;
   int threads;
   Barrier barrier;
-  std::vector<double> partial[2], refetch_partial[2];  // [row][quantity][chunk]
-  std::vector<float> w, wq, g;                         // cols64 each
-  std::vector<float> avg;                              // the averaged iterate (average_from >= 0)
-  std::vector<int8_t> m8;                              // the model's integer codes (integer engine)
-  std::vector<double> wmax, gmax;                      // per thread
+  std::vector<float> w, wq, g;     // cols64 each
+  std::vector<float> avg;          // the averaged iterate (average_from >= 0)
+  std::vector<int8_t> m8;          // the model's integer codes (integer engine)
+  std::vector<float> wneg, wpos;   // min(w, 0) and max(w, 0) as read, for the refetch bounds
+  std::vector<double> wmax, gmax;  // per thread
+  std::vector<int64_t> msum;       // per thread: the sum of the model's integer codes over its slice
+  std::vector<double> e;           // per row of the batch: the loss slope, set by the row's thread
+  std::vector<uint8_t> refetch;    // per row of the batch: its gradient reads the full-precision row
   std::vector<int64_t> batch_order;
   std::vector<double> eval_partial;
   int64_t refetched = 0;  // rows refetched in the current epoch
@@ -159,34 +162,31 @@ struct Run {
         g(impl.cols64, 0.0f),
         avg(impl.cols64, 0.0f),
         m8(impl.cols64, 0),
+        wneg(impl.cols64, 0.0f),
+        wpos(impl.cols64, 0.0f),
         wmax(t, 0.0),
-        gmax(t, 0.0) {
-    const size_t n = static_cast<size_t>(std::min(impl.o.batch_size, impl.rows) * impl.quantities() * impl.chunks);
-    for (int p = 0; p < 2; ++p) {
-      partial[p].assign(n, 0.0);
-      refetch_partial[p].assign(static_cast<size_t>(std::min(impl.o.batch_size, impl.rows) * impl.chunks), 0.0);
-    }
-  }
+        gmax(t, 0.0),
+        msum(t, 0),
+        e(std::min(impl.o.batch_size, impl.rows), 0.0),
+        refetch(std::min(impl.o.batch_size, impl.rows), 0) {}
 };
 
-// One thread's share: the chunks [k0, k1) = features [c0, c1), and its scratch buffers.
+// One thread's share: the chunks [k0, k1) = features [c0, c1) of the model, the gradient and the
+// backward pass; rows of each mini-batch in the forward pass (see step); and its scratch buffers.
 struct Work {
   int tid = 0;
   int64_t k0 = 0, k1 = 0, c0 = 0, c1 = 0;
   double w0 = 0.0;
   double w0_avg = 0.0;
-  int64_t averaged = 0;                                 // steps in the average
-  std::vector<float> values, lower, width, wneg, wpos;  // per feature of the slice
-  std::vector<float> block;                             // batch x slice decoded values
+  int64_t averaged = 0;                     // steps in the average
+  std::vector<float> values, lower, width;  // per feature of a whole row
+  std::vector<double> q;                    // quantities x chunks: the partial dot products of a row
+  std::vector<float> block;                 // batch x slice decoded values
   std::vector<const float*> rows;
   std::vector<float> e_scaled;
-  std::vector<double> e;
-  std::vector<uint8_t> refetch;
-  std::vector<int64_t> refetch_rows;
-  std::vector<int32_t> G;
   std::vector<double> bound;  // 3 x chunks scratch of the refetch bounds
-  int64_t msum = 0;           // sum of the model's integer codes over the slice
   std::vector<const uint8_t*> index_rows, up_rows;
+  std::vector<int32_t> G;  // the integer gradient sums of the slice
   std::vector<int8_t> t;
 
   Work(const Impl& m, int tid_, int threads) : tid(tid_) {
@@ -195,31 +195,27 @@ struct Work {
     c0 = std::min(m.cols, k0 * m.chunk);
     c1 = std::min(m.cols, k1 * m.chunk);
     const int64_t b = std::min(m.o.batch_size, m.rows);
-    const int64_t slice = std::max<int64_t>(c1 - c0, 1);
-    values.resize(slice);
-    lower.resize(slice);
-    width.resize(slice);
+    values.resize(m.cols);
+    lower.resize(m.cols);
+    width.resize(m.cols);
+    q.resize(static_cast<size_t>(m.quantities() * m.chunks));
     bound.resize(3 * m.chunks);
-    wneg.resize(m.cols64);
-    wpos.resize(m.cols64);
     block.resize(static_cast<size_t>(b * std::max<int64_t>(c1 - c0, 1)));
     rows.resize(b);
     e_scaled.resize(b);
-    e.resize(b);
-    refetch.resize(b);
-    G.resize(round_up(std::max<int64_t>(c1 - c0, 1), 64));
     index_rows.resize(round_up(b, 4));
     up_rows.resize(round_up(b, 4));
     t.resize(round_up(b, 4));
+    G.resize(round_up(std::max<int64_t>(c1 - c0, 1), 64));
     w0 = m.o.fit_intercept && is_least_squares(m.o.loss)
              ? std::accumulate(m.y.begin(), m.y.end(), 0.0) / static_cast<double>(m.rows)
              : 0.0;
   }
 };
 
-// Rows are requested this far ahead of the forward pass: a thread reads its slice of each row in a
-// few short runs (and the gradient's round-up plane later), which the hardware prefetchers alone
-// follow poorly.
+// Rows are requested this far ahead of the forward pass: a row of the store lies in a few planes
+// (the interval indices, one round-up plane per sample), which the hardware prefetchers alone follow
+// poorly.
 constexpr int64_t kPrefetchRows = 4;
 
 void prefetch_bytes(const void* p, int64_t bytes) {
@@ -227,38 +223,45 @@ void prefetch_bytes(const void* p, int64_t bytes) {
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
 }
 
-// Everything a step reads of this thread's slice of training row r.
-void prefetch_slice(const Impl& m, const Work& W, int copy, int64_t r) {
+// Everything a step reads of training row r.
+void prefetch_row(const Impl& m, int copy, int64_t r) {
   if (m.fp32()) {
-    prefetch_bytes(m.row(r) + W.c0, (W.c1 - W.c0) * 4);
+    prefetch_bytes(m.row(r), m.cols * 4);
     return;
   }
   const SampleStore& s = *m.store;
-  const int64_t i0 = W.c0 * s.index_bits() / 8, i1 = (W.c1 * s.index_bits() + 7) / 8;
-  prefetch_bytes(s.index_plane(copy, r) + i0, i1 - i0);
-  for (int p = 0; p < s.samples(); ++p) prefetch_bytes(s.up_plane(copy, r, p) + W.c0 / 8, (W.c1 - W.c0 + 7) / 8);
+  prefetch_bytes(s.index_plane(copy, r), (m.cols * s.index_bits() + 7) / 8);
+  for (int p = 0; p < s.samples(); ++p) prefetch_bytes(s.up_plane(copy, r, p), (m.cols + 7) / 8);
+}
+
+// The sum of quantity p over the chunks of a row, in chunk order: the same bits for any thread count.
+double chunk_total(const double* q, int p, int64_t chunks) {
+  double z = 0.0;
+  for (int64_t c = 0; c < chunks; ++c) z += q[p * chunks + c];
+  return z;
 }
 
 // One mini-batch step on the training rows [r0, r1): every thread of the run calls it with its
-// Work. Returns the intercept's gradient (the mean of e); the slice of run.g holds the gradient.
-double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id, double gamma, bool update,
-            int parity) {
+// Work. The forward pass splits the rows of the batch among the threads, each row read whole by one
+// thread (its partial dot products still per chunk of features, summed in chunk order, so that the
+// result never depends on the thread count); the backward pass and the update split the features.
+// Returns the intercept's gradient (the mean of e); the slice of run.g holds the gradient.
+double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id, double gamma, bool update) {
   const Impl& m = R.m;
   const Options& o = m.o;
   const int64_t nb = r1 - r0;
-  const int P = m.quantities();
   const bool integer = m.engine == Engine::Integer;
   const int K = m.store ? m.store->levels().count : 0;
 
-  // 1. The model as the gradient device reads it.
+  // 1. The model as the gradient device reads it: each thread its slice.
   const float* wf = R.w.data();
   double dot_scale = 1.0;
   if (o.model_bits > 0) {
     R.wmax[W.tid] = R.k.max_abs(R.w.data(), W.c0, W.c1);
     R.barrier.wait();
     const float s = static_cast<float>(*std::max_element(R.wmax.begin(), R.wmax.end()));
-    W.msum = R.k.quantize_symmetric(R.w.data(), W.c0, W.c1, s, o.model_bits, o.seed, kStreamModel + step_id,
-                                    integer ? nullptr : R.wq.data(), integer ? R.m8.data() : nullptr);
+    R.msum[W.tid] = R.k.quantize_symmetric(R.w.data(), W.c0, W.c1, s, o.model_bits, o.seed, kStreamModel + step_id,
+                                           integer ? nullptr : R.wq.data(), integer ? R.m8.data() : nullptr);
     wf = R.wq.data();
     if (integer) {
       dot_scale = static_cast<double>(s) / ((K - 1.0) * symmetric_half(o.model_bits));
@@ -266,106 +269,94 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
   }
   if (m.mode == Mode::Refetch)
     for (int64_t j = W.c0; j < W.c1; ++j) {
-      W.wneg[j] = std::min(wf[j], 0.0f);
-      W.wpos[j] = std::max(wf[j], 0.0f);
+      R.wneg[j] = std::min(wf[j], 0.0f);
+      R.wpos[j] = std::max(wf[j], 0.0f);
     }
+  R.barrier.wait();  // the whole model is in place (and the previous step is over on every thread)
+  const int64_t msum = integer ? std::accumulate(R.msum.begin(), R.msum.end(), int64_t{0}) : 0;
 
-  // 2. Forward: per row, this thread's partial dot products, one per chunk of features (an
-  // integer sum, exact, goes to the thread's first chunk).
-  double* part = R.partial[parity].data();
-  const int64_t slice = W.c1 - W.c0;
-  for (int64_t kk = 0; kk < nb; ++kk) {
+  // 2. Forward, on this thread's rows of the batch: per row, the partial dot products of each chunk
+  // of features, then the row's loss slope e.
+  const int64_t b0 = nb * W.tid / R.threads, b1 = nb * (W.tid + 1) / R.threads;
+  const int64_t chunks = integer ? 1 : m.chunks;  // an exact integer sum needs no chunks
+  double* q = W.q.data();                         // q[p * chunks + c]: quantity p of chunk c
+  for (int64_t kk = b0; kk < b1; ++kk) {
     const int64_t r = r0 + kk;
-    if (kk + kPrefetchRows < nb) prefetch_slice(m, W, copy, r + kPrefetchRows);
-    double* q = part + kk * P * m.chunks;  // q[p * chunks + c]: quantity p of chunk c
+    if (kk + kPrefetchRows < b1) prefetch_row(m, copy, r + kPrefetchRows);
     if (m.fp32()) {
-      R.k.dot_chunks(m.row(r) + W.c0, wf + W.c0, slice, m.chunk, q + W.k0);
+      R.k.dot_chunks(m.row(r), wf, m.cols, m.chunk, q);
     } else if (integer) {
-      const int64_t sum = R.k.int_dot(m.store->index_plane(copy, r), m.store->up_plane(copy, r, 0), R.m8.data(), W.c0,
-                                      W.c1, m.store->bits());
-      q[W.k0] = static_cast<double>(2 * sum - (K - 1) * W.msum);
-      std::fill(q + W.k0 + 1, q + W.k1, 0.0);
+      const int64_t sum = R.k.int_dot(m.store->index_plane(copy, r), m.store->up_plane(copy, r, 0), R.m8.data(), 0,
+                                      m.cols, m.store->bits());
+      q[0] = static_cast<double>(2 * sum - (K - 1) * msum);
     } else {
       for (int p = 0; p < m.forward_samples; ++p) {
-        m.store->decode_values(copy, r, p, W.c0, W.c1, W.values.data());
-        R.k.dot_chunks(W.values.data(), wf + W.c0, slice, m.chunk, q + p * m.chunks + W.k0);
+        m.store->decode_values(copy, r, p, 0, m.cols, W.values.data());
+        R.k.dot_chunks(W.values.data(), wf, m.cols, m.chunk, q + p * m.chunks);
       }
       if (m.mode == Mode::Refetch) {  // the interval box [L_j, L_j+1] bounds every sample
-        m.store->decode_intervals(copy, r, W.c0, W.c1, W.lower.data(), W.width.data());
+        m.store->decode_intervals(copy, r, 0, m.cols, W.lower.data(), W.width.data());
         double* base = W.bound.data();
         double* down = base + m.chunks;
         double* upward = down + m.chunks;
-        R.k.dot_chunks(W.lower.data(), wf + W.c0, slice, m.chunk, base);
-        R.k.dot_chunks(W.width.data(), W.wneg.data() + W.c0, slice, m.chunk, down);
-        R.k.dot_chunks(W.width.data(), W.wpos.data() + W.c0, slice, m.chunk, upward);
-        for (int64_t c = W.k0; c < W.k1; ++c) {
-          q[1 * m.chunks + c] = base[c - W.k0] + down[c - W.k0];
-          q[2 * m.chunks + c] = base[c - W.k0] + upward[c - W.k0];
+        R.k.dot_chunks(W.lower.data(), wf, m.cols, m.chunk, base);
+        R.k.dot_chunks(W.width.data(), R.wneg.data(), m.cols, m.chunk, down);
+        R.k.dot_chunks(W.width.data(), R.wpos.data(), m.cols, m.chunk, upward);
+        for (int64_t c = 0; c < m.chunks; ++c) {
+          q[1 * m.chunks + c] = base[c] + down[c];
+          q[2 * m.chunks + c] = base[c] + upward[c];
         }
       }
     }
-  }
-  R.barrier.wait();
 
-  // 3. Every thread combines the partial sums (in chunk order) into e, identically.
-  auto total = [&](const double* buf, int64_t kk, int p, int quantities) {
-    double z = 0.0;
-    const double* q = buf + (kk * quantities + p) * m.chunks;
-    for (int64_t c = 0; c < m.chunks; ++c) z += q[c];
-    return z;
-  };
-  W.refetch_rows.clear();
-  for (int64_t kk = 0; kk < nb; ++kk) {
-    const double yk = m.y[r0 + kk];
-    W.refetch[kk] = 0;
+    const double yk = m.y[r];
+    double e = 0.0;
+    R.refetch[kk] = 0;
     switch (m.mode) {
-      case Mode::Plain: W.e[kk] = loss_slope(o.loss, total(part, kk, 0, P) * dot_scale + W.w0, yk); break;
+      case Mode::Plain: e = loss_slope(o.loss, chunk_total(q, 0, chunks) * dot_scale + W.w0, yk); break;
       case Mode::Chebyshev: {
         // Horner with one independent sample per factor: unbiased for the polynomial (Section 6.2).
         double acc = 0.0;
         for (int i = m.cheb->degree; i >= 1; --i) {
-          const double u = std::clamp(yk * (total(part, kk, i - 1, P) + W.w0) / m.cheb->range, -1.0, 1.0);
+          const double u = std::clamp(yk * (chunk_total(q, i - 1, chunks) + W.w0) / m.cheb->range, -1.0, 1.0);
           acc = (acc + m.cheb->coef[i]) * u;
         }
-        W.e[kk] = yk * (acc + m.cheb->coef[0]);
+        e = yk * (acc + m.cheb->coef[0]);
         break;
       }
       case Mode::Refetch: {
-        const double lo = total(part, kk, 1, P) + W.w0, hi = total(part, kk, 2, P) + W.w0;
+        const double lo = chunk_total(q, 1, chunks) + W.w0, hi = chunk_total(q, 2, chunks) + W.w0;
         const double margin_lo = yk > 0 ? lo : -hi, margin_hi = yk > 0 ? hi : -lo;
         if (margin_lo >= 1.0) {
-          W.e[kk] = 0.0;
+          e = 0.0;
         } else if (margin_hi < 1.0) {
-          W.e[kk] = o.loss == Loss::Hinge ? -yk : loss_slope(o.loss, total(part, kk, 0, P) + W.w0, yk);
-        } else {
-          W.refetch[kk] = 1;
-          W.refetch_rows.push_back(kk);
+          e = o.loss == Loss::Hinge ? -yk : loss_slope(o.loss, chunk_total(q, 0, chunks) + W.w0, yk);
+        } else {  // the bounds straddle the hinge: refetch the full-precision row
+          R.refetch[kk] = 1;
+          for (int64_t c = 0; c < m.chunks; ++c) {
+            const int64_t j0 = c * m.chunk, j1 = std::min(m.cols, j0 + m.chunk);
+            q[c] = R.k.dot(m.row(r) + j0, wf + j0, j1 - j0);
+          }
+          e = loss_slope(o.loss, chunk_total(q, 0, chunks) + W.w0, yk);
         }
         break;
       }
     }
+    R.e[kk] = e;
   }
-  if (!W.refetch_rows.empty()) {
-    double* rp = R.refetch_partial[parity].data();
-    for (int64_t kk : W.refetch_rows)
-      for (int64_t c = W.k0; c < W.k1; ++c) {
-        const int64_t j0 = c * m.chunk, j1 = std::min(m.cols, j0 + m.chunk);
-        rp[kk * m.chunks + c] = R.k.dot(m.row(r0 + kk) + j0, wf + j0, j1 - j0);
-      }
-    R.barrier.wait();
-    for (int64_t kk : W.refetch_rows) W.e[kk] = loss_slope(o.loss, total(rp, kk, 0, 1) + W.w0, m.y[r0 + kk]);
-    if (W.tid == 0) R.refetched += static_cast<int64_t>(W.refetch_rows.size());
-  }
-  double mean_e = 0.0;
-  for (int64_t kk = 0; kk < nb; ++kk) mean_e += W.e[kk];
-  mean_e /= static_cast<double>(nb);
+  R.barrier.wait();  // every row's e is in place
 
-  // 4. Backward: this thread's slice of the gradient, sum_k e_k v_k / nb.
+  double mean_e = 0.0;
+  for (int64_t kk = 0; kk < nb; ++kk) mean_e += R.e[kk];
+  mean_e /= static_cast<double>(nb);
+  if (W.tid == 0) R.refetched += std::count(R.refetch.begin(), R.refetch.begin() + nb, uint8_t{1});
+
+  // 3. Backward: this thread's slice of the gradient, sum_k e_k v_k / nb.
   const int64_t width = W.c1 - W.c0;
   if (integer) {
     float se = 0.0f;
     for (int64_t kk = 0; kk < nb; ++kk) {
-      W.e_scaled[kk] = static_cast<float>(W.e[kk]);
+      W.e_scaled[kk] = static_cast<float>(R.e[kk]);
       se = std::max(se, std::fabs(W.e_scaled[kk]));
     }
     if (se > 0.0f && width > 0) {
@@ -390,22 +381,22 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
   } else if (width > 0) {
     int64_t used = 0;
     for (int64_t kk = 0; kk < nb; ++kk) {
-      if (W.e[kk] == 0.0) continue;
+      if (R.e[kk] == 0.0) continue;
       const int64_t r = r0 + kk;
-      if (m.fp32() || W.refetch[kk]) {
+      if (m.fp32() || R.refetch[kk]) {
         W.rows[used] = m.row(r) + W.c0;
       } else {
         float* dst = W.block.data() + used * width;
         m.store->decode_values(copy, r, m.backward_sample, W.c0, W.c1, dst);
         W.rows[used] = dst;
       }
-      W.e_scaled[used] = static_cast<float>(W.e[kk] / static_cast<double>(nb));
+      W.e_scaled[used] = static_cast<float>(R.e[kk] / static_cast<double>(nb));
       ++used;
     }
     R.k.gemv_t(W.rows.data(), W.e_scaled.data(), used, width, R.g.data() + W.c0);
   }
 
-  // 5. The gradient as sent to the model's updater.
+  // 4. The gradient as sent to the model's updater.
   if (o.grad_bits > 0) {
     R.gmax[W.tid] = R.k.max_abs(R.g.data(), W.c0, W.c1);
     R.barrier.wait();
@@ -414,7 +405,7 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
                            nullptr);
   }
 
-  // 6. Update the full-precision model: this thread's slice, and its own copy of the intercept.
+  // 5. Update the full-precision model: this thread's slice, and its own copy of the intercept.
   if (update) {
     const float gm = static_cast<float>(gamma), l2 = static_cast<float>(o.l2);
     for (int64_t j = W.c0; j < W.c1; ++j) R.w[j] = R.w[j] - gm * (R.g[j] + l2 * R.w[j]);
@@ -582,7 +573,7 @@ std::pair<std::vector<double>, double> Trainer::gradient(const std::vector<float
   run_team(m.threads, [&](int tid) {
     Work W(m, tid, m.threads);
     W.w0 = w0;
-    const double e = step(R, W, r0, r1, copy, step_id, 0.0, false, 0);
+    const double e = step(R, W, r0, r1, copy, step_id, 0.0, false);
     if (tid == 0) mean_e = e;
   });
   return {std::vector<double>(R.g.begin(), R.g.begin() + m.cols), mean_e};
@@ -626,7 +617,7 @@ Result Trainer::fit() {
       for (int64_t b = 0; b < nbatches; ++b, ++step_id) {
         const int64_t r0 = R.batch_order[b] * o.batch_size, r1 = std::min(m.rows, r0 + o.batch_size);
         const double time = epoch + static_cast<double>(b) / static_cast<double>(nbatches);  // in epochs
-        step(R, W, r0, r1, copy, step_id, step_at(o, time), true, static_cast<int>(step_id & 1));
+        step(R, W, r0, r1, copy, step_id, step_at(o, time), true);
         if (o.average_from >= 0 && time >= o.average_from) {  // Polyak-Ruppert: the mean of the iterates
           const float f = 1.0f / static_cast<float>(++W.averaged);
           for (int64_t j = W.c0; j < W.c1; ++j) R.avg[j] += (R.w[j] - R.avg[j]) * f;
