@@ -266,14 +266,19 @@ def test_end_to_end_low_precision_reaches_fp32_loss():
     dict(sampling="double", bits=4, model_bits=8, engine="integer"),
     dict(sampling="double", bits=3, grad_bits=6),
     dict(loss="hinge", sampling="double", bits=8, model_bits=8),
+    dict(loss="hinge", sampling="double", bits=2),
+    dict(loss="logistic", sampling="double", bits=4),
 ])
-def test_results_do_not_depend_on_threads_or_instruction_set(options):
-    X, y = problem(rows=64, cols=700, classify="loss" in options)
+@pytest.mark.parametrize("batch_size", [8, 2])
+def test_results_do_not_depend_on_threads_or_instruction_set(options, batch_size):
+    # 67 rows: a short last batch; batches of 2 leave a thread of 3 without rows in the forward pass.
+    X, y = problem(rows=67, cols=700, classify="loss" in options)
     runs = []
     for isa in _linear.available_isas():
         _linear.set_isa(isa)
         for threads in (1, 2, 3):
-            r = fit(X, y, epochs=2, batch_size=8, copies=2, seed=9, threads=threads, step_size=0.05, **options)
+            r = fit(X, y, epochs=2, batch_size=batch_size, copies=2, seed=9, threads=threads, step_size=0.05,
+                    **options)
             runs.append((isa, threads, r))
     _linear.set_isa("")
     for isa, threads, r in runs[1:]:
