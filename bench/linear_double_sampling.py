@@ -12,10 +12,13 @@ same for every mode), so that what remains after training is bias, not SGD noise
 Where double sampling falls short, the JSON gives what its rounding noise predicts: averaged SGD with
 fresh samples keeps an excess of tr(H^-1 S) / (2N) over the optimum after N averaged samples, S the
 covariance of the double-sampled gradient at the optimum (Section 4.2): (r^2 + x'Dx) D + (x'Dx) a a'.
-The n/s^2 growth of S is why 2 bits on 1000 features need many more epochs.
+The n/s^2 growth of S is why 2 bits on 1000 features need many more epochs: where the prediction
+exceeds LONG_TARGET, the study trains double sampling again with the epochs that bring it down to
+LONG_TARGET (the excess falls as 1/N) and reports that run as double{bits}_long.
 
 Goals (checked in the JSON):
-  * double sampling reaches the fp32 loss within 1%;
+  * double sampling reaches the fp32 loss within 1%: in the common budget, or else with the epochs
+    its rounding noise predicts it needs;
   * naive sampling plateaus at the biased optimum theory predicts, (A'A + sum_k D_k)^-1 A'b
     (D_k = the rounding variances of sample k, Section 3), within 5%;
   * end to end (4/8/8 bits) reaches the fp32 loss within 1%.
@@ -27,6 +30,7 @@ Also reported: nearest rounding against the least-squares optimum of the rounded
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -38,6 +42,7 @@ from torch_zipml.linear.data import synthetic_regression
 
 BITS = (2, 4, 8)
 MODES = ("nearest", "naive", "double")
+LONG_TARGET = 0.007  # the predicted excess a longer double-sampling run is sized for: below 1%, with room
 
 # rows, features, epochs, step size, inverse decay, batch size; averaging from epochs // 2
 DATASETS = {
@@ -104,6 +109,17 @@ def run_dataset(name, cfg, args):
                 excess = ref.double_sampling_excess(U, labels, r["trainer"].store.levels(), averaged)
                 out[f"double{bits}_predicted_excess_vs_optimum"] = excess / optimum
                 out[f"double{bits}_measured_excess_vs_optimum"] = relative(r["loss_history"][-1], optimum)
+                if excess / optimum > LONG_TARGET and not args.quick:
+                    epochs = math.ceil(cfg["epochs"] * excess / optimum / LONG_TARGET)
+                    long = train(X, y, sampling=mode, bits=bits, **dict(common, epochs=epochs, average=epochs // 2))
+                    out["runs"][f"double{bits}_long"] = summary(long)
+                    averaged = (epochs - epochs // 2) * X.shape[0]
+                    excess = ref.double_sampling_excess(U, labels, long["trainer"].store.levels(), averaged)
+                    out[f"double{bits}_long_epochs"] = epochs
+                    out[f"double{bits}_long_predicted_excess_vs_optimum"] = excess / optimum
+                    goals[f"double{bits}_long_vs_fp32"] = relative(long["loss_history"][-1], fp32_final)
+                    print(f"  {name} {bits} bits: double over {epochs} epochs {goals[f'double{bits}_long_vs_fp32']:+.4f}"
+                          f" (predicted {excess / optimum:+.4f} over the optimum)", flush=True)
         print(f"  {name} {bits} bits: double {goals[f'double{bits}_vs_fp32']:+.4f} (rounding noise predicts "
               f"{out[f'double{bits}_predicted_excess_vs_optimum']:+.4f} over the optimum), naive vs closed form "
               f"{goals[f'naive{bits}_plateau_vs_closed_form']:+.4f}, nearest {goals[f'nearest{bits}_vs_fp32']:+.4f}"
@@ -114,6 +130,8 @@ def run_dataset(name, cfg, args):
     out["goals"] = goals
     out["pass"] = {
         "double_within_1pct": {b: goals[f"double{b}_vs_fp32"] <= 0.01 for b in BITS},
+        "double_within_1pct_with_the_predicted_epochs": {
+            b: min(goals[f"double{b}_vs_fp32"], goals.get(f"double{b}_long_vs_fp32", math.inf)) <= 0.01 for b in BITS},
         "naive_matches_closed_form_within_5pct": {b: abs(goals[f"naive{b}_plateau_vs_closed_form"]) <= 0.05
                                                  for b in BITS},
         "end_to_end_within_1pct": goals["end_to_end_vs_fp32"] <= 0.01,
@@ -141,6 +159,10 @@ def plot(results, path):
             for mode in MODES:
                 h = np.asarray(data["runs"][f"{mode}{bits}"]["loss_history"])
                 ax.plot(h / opt - 1, color=colors[mode], label=f"{mode}")
+            if f"double{bits}_long" in data["runs"]:  # the run with the predicted epochs: a log epoch axis
+                h = np.asarray(data["runs"][f"double{bits}_long"]["loss_history"])
+                ax.plot(h / opt - 1, color=colors["double"], ls="--", label="double, predicted epochs")
+                ax.set_xscale("symlog", linthresh=10)
             ax.axhline(data[f"naive{bits}_closed_form_loss"] / opt - 1, color=colors["naive"], ls=":",
                        label="naive, theory")
             if bits == 4:
