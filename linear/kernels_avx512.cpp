@@ -143,16 +143,19 @@ void decode_uniform(const uint8_t* index, const uint8_t* up, int64_t c0, int64_t
   }
 }
 
-// hi:lo = a * b for 16 lanes of 32 bits.
-inline void mulhilo(__m512i a, __m512i b, __m512i& hi, __m512i& lo) {
-  const __m512i even = _mm512_mul_epu32(a, b);
-  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), _mm512_srli_epi64(b, 32));
-  lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-  hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
+// hi:lo = c * m for 16 lanes of 32 bits (m a broadcast constant): VPMULUDQ multiplies the even lanes,
+// and the odd ones moved down; a dword swap within each qword puts every half in its lane.
+inline void mulhilo(__m512i c, __m512i m, __m512i& hi, __m512i& lo) {
+  const __m512i even = _mm512_mul_epu32(c, m);
+  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(c, 32), m);
+  hi = _mm512_mask_shuffle_epi32(odd, 0x5555, even, _MM_PERM_CDAB);
+  lo = _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);
 }
 
-// Philox4x32-10 of 16 counters (c0 + lane, c1, c2, c3) under key (k0, k1), as kernels/common/philox.h.
-inline void philox16(__m512i c0, __m512i c1, __m512i c2, __m512i c3, uint32_t k0, uint32_t k1, __m512i out[4]) {
+// Philox4x32-10, as kernels/common/philox.h, of kSets independent sets of 16 counters c[s][0..3]
+// under key (k0, k1), in place: the sets' rounds interleave, so that the multiplies' latency hides.
+template <int kSets>
+inline void philox16(__m512i (&c)[kSets][4], uint32_t k0, uint32_t k1) {
   const __m512i m0 = _mm512_set1_epi32(static_cast<int32_t>(0xD2511F53u));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int32_t>(0xCD9E8D57u));
   for (int round = 0; round < 10; ++round) {
@@ -160,42 +163,44 @@ inline void philox16(__m512i c0, __m512i c1, __m512i c2, __m512i c3, uint32_t k0
       k0 += 0x9E3779B9u;
       k1 += 0xBB67AE85u;
     }
-    __m512i hi0, lo0, hi1, lo1;
-    mulhilo(m0, c0, hi0, lo0);
-    mulhilo(m1, c2, hi1, lo1);
-    c0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int32_t>(k0)), 0x96);
-    c1 = lo1;
-    c2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int32_t>(k1)), 0x96);
-    c3 = lo0;
+    const __m512i key0 = _mm512_set1_epi32(static_cast<int32_t>(k0)), key1 = _mm512_set1_epi32(static_cast<int32_t>(k1));
+    for (int s = 0; s < kSets; ++s) {
+      __m512i hi0, lo0, hi1, lo1;
+      mulhilo(c[s][0], m0, hi0, lo0);
+      mulhilo(c[s][2], m1, hi1, lo1);
+      c[s][0] = _mm512_ternarylogic_epi32(hi1, c[s][1], key0, 0x96);
+      c[s][1] = lo1;
+      c[s][2] = _mm512_ternarylogic_epi32(hi0, c[s][3], key1, 0x96);
+      c[s][3] = lo0;
+    }
   }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
 }
 
-// The Philox words of the 64 elements j .. j + 63 (j a multiple of 4) of stream (seed, offset), in
-// element order; false (nothing written) when the 32-bit low counter word would wrap inside.
-inline bool words64(uint64_t seed, uint64_t offset, uint64_t j, __m512i ordered[4]) {
+// The Philox words of the 64 kSets elements from j on (j a multiple of 4) of stream (seed, offset),
+// in element order: ordered[4 s + r] holds elements j + 64 s + 16 r .. + 15. False (nothing written)
+// when the 32-bit low counter word would wrap inside. Lane 4 q + r of a set computes block 4 r + q of
+// its 16, so that the in-lane 4 x 4 transpose of the unpacks below lands every word in place.
+template <int kSets>
+inline bool philox_words_ordered(uint64_t seed, uint64_t offset, uint64_t j, __m512i (&ordered)[4 * kSets]) {
   const uint64_t block = j >> 2;
-  if ((block & 0xFFFFFFFFu) > 0xFFFFFFFFu - 15) return false;
-  __m512i words[4];
-  philox16(_mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(block)),
-                            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
-           _mm512_set1_epi32(static_cast<int32_t>(block >> 32)), _mm512_set1_epi32(static_cast<int32_t>(offset)),
-           _mm512_set1_epi32(static_cast<int32_t>(offset >> 32)), static_cast<uint32_t>(seed),
-           static_cast<uint32_t>(seed >> 32), words);
-  // words[w] lane i is the word of element 4 i + w: transpose to element order.
-  const __m512i t01l = _mm512_unpacklo_epi32(words[0], words[1]), t01h = _mm512_unpackhi_epi32(words[0], words[1]);
-  const __m512i t23l = _mm512_unpacklo_epi32(words[2], words[3]), t23h = _mm512_unpackhi_epi32(words[2], words[3]);
-  const __m512i u0 = _mm512_unpacklo_epi64(t01l, t23l), u1 = _mm512_unpackhi_epi64(t01l, t23l);
-  const __m512i u2 = _mm512_unpacklo_epi64(t01h, t23h), u3 = _mm512_unpackhi_epi64(t01h, t23h);
-  const __m512i x0 = _mm512_shuffle_i64x2(u0, u1, 0x44), x1 = _mm512_shuffle_i64x2(u2, u3, 0x44);
-  const __m512i x2 = _mm512_shuffle_i64x2(u0, u1, 0xEE), x3 = _mm512_shuffle_i64x2(u2, u3, 0xEE);
-  ordered[0] = _mm512_shuffle_i64x2(x0, x1, 0x88);
-  ordered[1] = _mm512_shuffle_i64x2(x0, x1, 0xDD);
-  ordered[2] = _mm512_shuffle_i64x2(x2, x3, 0x88);
-  ordered[3] = _mm512_shuffle_i64x2(x2, x3, 0xDD);
+  if ((block & 0xFFFFFFFFu) > 0xFFFFFFFFu - (16 * kSets - 1)) return false;
+  const __m512i lanes = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  __m512i c[kSets][4];
+  for (int s = 0; s < kSets; ++s) {
+    c[s][0] = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(block + 16 * s)), lanes);
+    c[s][1] = _mm512_set1_epi32(static_cast<int32_t>(block >> 32));
+    c[s][2] = _mm512_set1_epi32(static_cast<int32_t>(offset));
+    c[s][3] = _mm512_set1_epi32(static_cast<int32_t>(offset >> 32));
+  }
+  philox16<kSets>(c, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  for (int s = 0; s < kSets; ++s) {
+    const __m512i t0 = _mm512_unpacklo_epi32(c[s][0], c[s][1]), t1 = _mm512_unpackhi_epi32(c[s][0], c[s][1]);
+    const __m512i t2 = _mm512_unpacklo_epi32(c[s][2], c[s][3]), t3 = _mm512_unpackhi_epi32(c[s][2], c[s][3]);
+    ordered[4 * s + 0] = _mm512_unpacklo_epi64(t0, t2);
+    ordered[4 * s + 1] = _mm512_unpackhi_epi64(t0, t2);
+    ordered[4 * s + 2] = _mm512_unpacklo_epi64(t1, t3);
+    ordered[4 * s + 3] = _mm512_unpackhi_epi64(t1, t3);
+  }
   return true;
 }
 
@@ -205,9 +210,14 @@ void philox_words(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uin
   const int64_t lead = std::min<int64_t>(n, (4 - static_cast<int64_t>(first & 3)) & 3);
   philox_words_scalar(seed, offset, first, lead, out);
   i = lead;
+  for (; i + 128 <= n; i += 128) {
+    __m512i ordered[8];
+    if (!philox_words_ordered<2>(seed, offset, first + i, ordered)) break;
+    for (int q = 0; q < 8; ++q) _mm512_storeu_si512(out + i + 16 * q, ordered[q]);
+  }
   for (; i + 64 <= n; i += 64) {
     __m512i ordered[4];
-    if (!words64(seed, offset, first + i, ordered)) break;
+    if (!philox_words_ordered<1>(seed, offset, first + i, ordered)) break;
     for (int q = 0; q < 4; ++q) _mm512_storeu_si512(out + i + 16 * q, ordered[q]);
   }
   philox_words_scalar(seed, offset, first + i, n - i, out + i);
@@ -222,30 +232,36 @@ int64_t quantize_symmetric(const float* v, int64_t begin, int64_t end, float sca
   const __m512 step = _mm512_set1_ps(grid.step()), s = _mm512_set1_ps(scale);
   const __m512i top = _mm512_set1_epi32(count - 2);
   __m512i level_sum = _mm512_setzero_si512();
+  // 16 values from v + at, with their Philox words.
+  auto quantize16 = [&](int64_t at, __m512i word) {
+    // v = clamp(x / s, -1, 1); t = (v + 1) (K - 1) / 2; j = min(trunc t, K - 2); up iff u24 < t - j
+    const __m512 x = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(v + at), inv), _mm512_set1_ps(-1.0f)),
+                                   _mm512_set1_ps(1.0f));
+    const __m512 t = _mm512_mul_ps(_mm512_add_ps(x, _mm512_set1_ps(1.0f)), half_span);
+    const __m512i lower = _mm512_min_epi32(_mm512_cvttps_epi32(t), top);
+    const __m512 frac = _mm512_sub_ps(t, _mm512_cvtepi32_ps(lower));
+    const __m512 u =
+        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(word, 8)), _mm512_set1_ps(5.9604644775390625e-08f));
+    const __m512i code =
+        _mm512_mask_add_epi32(lower, _mm512_cmp_ps_mask(u, frac, _CMP_LT_OQ), lower, _mm512_set1_epi32(1));
+    if (out_f) {
+      const __m512i signed_level = _mm512_sub_epi32(_mm512_add_epi32(code, code), _mm512_set1_epi32(count - 1));
+      _mm512_storeu_ps(out_f + at, _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(signed_level), step), s));
+    }
+    const __m512i level = _mm512_sub_epi32(code, _mm512_set1_epi32(half));
+    level_sum = _mm512_add_epi32(level_sum, level);
+    if (out_i) _mm_storeu_si128(reinterpret_cast<__m128i*>(out_i + at), _mm512_cvtepi32_epi8(level));
+  };
   int64_t j = begin;
+  for (; j + 128 <= end; j += 128) {  // two sets of counters at once
+    __m512i ordered[8];
+    if (!philox_words_ordered<2>(seed, offset, static_cast<uint64_t>(j), ordered)) break;  // would wrap: below
+    for (int q = 0; q < 8; ++q) quantize16(j + 16 * q, ordered[q]);
+  }
   for (; j + 64 <= end; j += 64) {
     __m512i ordered[4];
-    if (!words64(seed, offset, static_cast<uint64_t>(j), ordered)) break;  // the counter would wrap: scalar
-    for (int q = 0; q < 4; ++q) {
-      const int64_t at = j + 16 * q;
-      // v = clamp(x / s, -1, 1); t = (v + 1) (K - 1) / 2; j = min(trunc t, K - 2); up iff u24 < t - j
-      const __m512 x = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(v + at), inv), _mm512_set1_ps(-1.0f)),
-                                     _mm512_set1_ps(1.0f));
-      const __m512 t = _mm512_mul_ps(_mm512_add_ps(x, _mm512_set1_ps(1.0f)), half_span);
-      const __m512i lower = _mm512_min_epi32(_mm512_cvttps_epi32(t), top);
-      const __m512 frac = _mm512_sub_ps(t, _mm512_cvtepi32_ps(lower));
-      const __m512 u =
-          _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(ordered[q], 8)), _mm512_set1_ps(5.9604644775390625e-08f));
-      const __m512i code =
-          _mm512_mask_add_epi32(lower, _mm512_cmp_ps_mask(u, frac, _CMP_LT_OQ), lower, _mm512_set1_epi32(1));
-      if (out_f) {
-        const __m512i signed_level = _mm512_sub_epi32(_mm512_add_epi32(code, code), _mm512_set1_epi32(count - 1));
-        _mm512_storeu_ps(out_f + at, _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(signed_level), step), s));
-      }
-      const __m512i level = _mm512_sub_epi32(code, _mm512_set1_epi32(half));
-      level_sum = _mm512_add_epi32(level_sum, level);
-      if (out_i) _mm_storeu_si128(reinterpret_cast<__m128i*>(out_i + at), _mm512_cvtepi32_epi8(level));
-    }
+    if (!philox_words_ordered<1>(seed, offset, static_cast<uint64_t>(j), ordered)) break;  // scalar below
+    for (int q = 0; q < 4; ++q) quantize16(j + 16 * q, ordered[q]);
   }
   // |level| < 2^15 and at most 2^16 lanes' worth per call in practice; reduce in 64 bits anyway.
   int64_t sum = _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(level_sum))) +

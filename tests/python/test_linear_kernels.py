@@ -41,7 +41,8 @@ def test_quantize_symmetric_is_unbiased():
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_philox_words(isa):
-    for first, n in [(0, 200), (3, 130), (2**33 + 1, 70), (4 * (2**32 - 10), 100)]:  # the last wraps a counter word
+    # the last two wrap a counter word: inside a vector of 16 blocks, and inside a pair of them
+    for first, n in [(0, 200), (3, 130), (2**33 + 1, 70), (4 * (2**32 - 10), 100), (4 * (2**32 - 20), 200)]:
         want = ref.philox_words(99, 2**40 + 7, np.arange(first, first + n, dtype=np.uint64))
         np.testing.assert_array_equal(_linear.philox_words(99, 2**40 + 7, first, n, isa), want)
 
