@@ -118,8 +118,9 @@ def run_dataset(name, cfg, args):
                     out[f"double{bits}_long_epochs"] = epochs
                     out[f"double{bits}_long_predicted_excess_vs_optimum"] = excess / optimum
                     goals[f"double{bits}_long_vs_fp32"] = relative(long["loss_history"][-1], fp32_final)
-                    print(f"  {name} {bits} bits: double over {epochs} epochs {goals[f'double{bits}_long_vs_fp32']:+.4f}"
-                          f" (predicted {excess / optimum:+.4f} over the optimum)", flush=True)
+                    print(f"  {name} {bits} bits: double over {epochs} epochs "
+                          f"{goals[f'double{bits}_long_vs_fp32']:+.4f} (predicted {excess / optimum:+.4f} over "
+                          "the optimum)", flush=True)
         print(f"  {name} {bits} bits: double {goals[f'double{bits}_vs_fp32']:+.4f} (rounding noise predicts "
               f"{out[f'double{bits}_predicted_excess_vs_optimum']:+.4f} over the optimum), naive vs closed form "
               f"{goals[f'naive{bits}_plateau_vs_closed_form']:+.4f}, nearest {goals[f'nearest{bits}_vs_fp32']:+.4f}"
@@ -131,7 +132,8 @@ def run_dataset(name, cfg, args):
     out["pass"] = {
         "double_within_1pct": {b: goals[f"double{b}_vs_fp32"] <= 0.01 for b in BITS},
         "double_within_1pct_with_the_predicted_epochs": {
-            b: min(goals[f"double{b}_vs_fp32"], goals.get(f"double{b}_long_vs_fp32", math.inf)) <= 0.01 for b in BITS},
+            b: min(goals[f"double{b}_vs_fp32"], goals.get(f"double{b}_long_vs_fp32", math.inf)) <= 0.01
+            for b in BITS},
         "naive_matches_closed_form_within_5pct": {b: abs(goals[f"naive{b}_plateau_vs_closed_form"]) <= 0.05
                                                  for b in BITS},
         "end_to_end_within_1pct": goals["end_to_end_vs_fp32"] <= 0.01,

@@ -163,7 +163,8 @@ inline void philox16(__m512i (&c)[kSets][4], uint32_t k0, uint32_t k1) {
       k0 += 0x9E3779B9u;
       k1 += 0xBB67AE85u;
     }
-    const __m512i key0 = _mm512_set1_epi32(static_cast<int32_t>(k0)), key1 = _mm512_set1_epi32(static_cast<int32_t>(k1));
+    const __m512i key0 = _mm512_set1_epi32(static_cast<int32_t>(k0));
+    const __m512i key1 = _mm512_set1_epi32(static_cast<int32_t>(k1));
     for (int s = 0; s < kSets; ++s) {
       __m512i hi0, lo0, hi1, lo1;
       mulhilo(c[s][0], m0, hi0, lo0);
@@ -176,7 +177,7 @@ inline void philox16(__m512i (&c)[kSets][4], uint32_t k0, uint32_t k1) {
   }
 }
 
-// The Philox words of the 64 kSets elements from j on (j a multiple of 4) of stream (seed, offset),
+// The Philox words of the 64 * kSets elements from j on (j a multiple of 4) of stream (seed, offset),
 // in element order: ordered[4 s + r] holds elements j + 64 s + 16 r .. + 15. False (nothing written)
 // when the 32-bit low counter word would wrap inside. Lane 4 q + r of a set computes block 4 r + q of
 // its 16, so that the in-lane 4 x 4 transpose of the unpacks below lands every word in place.
