@@ -349,7 +349,8 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
   double mean_e = 0.0;
   for (int64_t kk = 0; kk < nb; ++kk) mean_e += R.e[kk];
   mean_e /= static_cast<double>(nb);
-  if (W.tid == 0) R.refetched += std::count(R.refetch.begin(), R.refetch.begin() + nb, uint8_t{1});
+  if (m.mode == Mode::Refetch && W.tid == 0)
+    R.refetched += std::count(R.refetch.begin(), R.refetch.begin() + nb, uint8_t{1});
 
   // 3. Backward: this thread's slice of the gradient, sum_k e_k v_k / nb.
   const int64_t width = W.c1 - W.c0;

@@ -123,29 +123,30 @@ struct Flag {
   }
 };
 
-int64_t parse_int(const std::string& flag, const std::string& text) {
+// The whole of `text` as a number by `convert` (std::stoll or std::stod), or a usage error naming the flag.
+template <class T>
+T parse_number(const std::string& flag, const std::string& text, T (*convert)(const std::string&, size_t*),
+               const char* type_name) {
   size_t used = 0;
-  int64_t v = 0;
+  T v = 0;
   try {
-    v = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != text.size()) throw UsageError(cat("argument --", flag, ": invalid int value: '", text, "'"));
-  return v;
-}
-
-double parse_double(const std::string& flag, const std::string& text) {
-  size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(text, &used);
+    v = convert(text, &used);
   } catch (const std::exception&) {
     used = 0;
   }
   if (used == 0 || used != text.size())
-    throw UsageError(cat("argument --", flag, ": invalid float value: '", text, "'"));
+    throw UsageError(cat("argument --", flag, ": invalid ", type_name, " value: '", text, "'"));
   return v;
+}
+
+int64_t parse_int(const std::string& flag, const std::string& text) {
+  return parse_number<int64_t>(
+      flag, text, [](const std::string& t, size_t* used) -> int64_t { return std::stoll(t, used); }, "int");
+}
+
+double parse_double(const std::string& flag, const std::string& text) {
+  return parse_number<double>(
+      flag, text, [](const std::string& t, size_t* used) { return std::stod(t, used); }, "float");
 }
 
 Flag string_flag(const char* name, std::string Args::*m, const char* help, std::vector<std::string> choices = {},

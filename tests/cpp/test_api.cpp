@@ -20,6 +20,7 @@
 #include "kernels/common/pack.h"
 #include "kernels/common/quantize.h"
 #include "reference.h"
+#include "tensor_assertions.h"
 
 namespace {
 
@@ -28,21 +29,7 @@ using zipml::Levels;
 using zipml::QuantizeOptions;
 using zipml::Rounding;
 
-// Same dtype, shape and bytes (NaN payloads included).
-::testing::AssertionResult bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes())
-    return ::testing::AssertionFailure() << a.scalar_type() << a.sizes() << " vs " << b.scalar_type() << b.sizes();
-  const at::Tensor x = a.contiguous().cpu(), y = b.contiguous().cpu();
-  const auto* p = static_cast<const unsigned char*>(x.data_ptr());
-  const auto* q = static_cast<const unsigned char*>(y.data_ptr());
-  const size_t nbytes = x.numel() * x.element_size();
-  for (size_t i = 0; i < nbytes; ++i)
-    if (p[i] != q[i])
-      return ::testing::AssertionFailure() << "byte " << i << " differs (element " << i / x.element_size() << ": "
-                                           << x.reshape(-1)[i / x.element_size()].item<double>() << " vs "
-                                           << y.reshape(-1)[i / x.element_size()].item<double>() << ")";
-  return ::testing::AssertionSuccess();
-}
+using zipml::testing::bitwise_equal;
 
 // A sorted codebook of 2^bits - 1 uneven levels (one fewer than the bits allow) from -reach to
 // reach: values beyond the reach clip.

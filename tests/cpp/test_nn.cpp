@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "tensor_assertions.h"
+
 namespace {
 
 namespace znn = zipml::nn;
@@ -24,15 +26,7 @@ using zipml::Levels;
 using zipml::QuantizeOptions;
 using zipml::Rounding;
 
-::testing::AssertionResult bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes())
-    return ::testing::AssertionFailure() << a.scalar_type() << a.sizes() << " vs " << b.scalar_type() << b.sizes();
-  const at::Tensor x = a.contiguous(), y = b.contiguous();
-  if (std::memcmp(x.data_ptr(), y.data_ptr(), x.numel() * x.element_size()) != 0)
-    return ::testing::AssertionFailure() << "values differ, max |a - b| = "
-                                         << (x.to(at::kDouble) - y.to(at::kDouble)).abs().max().item<double>();
-  return ::testing::AssertionSuccess();
-}
+using zipml::testing::bitwise_equal;
 
 // Runs fn, expecting a c10::Error whose message contains `text`.
 ::testing::AssertionResult throws_with(const std::function<void()>& fn, const std::string& text) {
