@@ -33,8 +33,6 @@ struct Kernels {
   // sum_j a[j] * w[j]: lane l accumulates the products j = l (mod 32) in order, then lanes are
   // summed pairwise (l + 16, then + 8, + 4, + 2, + 1).
   float (*dot)(const float* a, const float* w, int64_t n);
-  // out[c] = dot of chunk c of a and w, chunks of `chunk` values (the last may be shorter).
-  void (*dot_chunks)(const float* a, const float* w, int64_t n, int64_t chunk, double* out);
   // g[j] = sum_k e[k] * rows[k][j] for j < n, k in order.
   void (*gemv_t)(const float* const* rows, const float* e, int64_t nrows, int64_t n, float* g);
   // sum over features [c0, c1) of code(j) * m[j], code = interval index + round-up bit of one

@@ -144,7 +144,6 @@ namespace zipml::linear {
 const Kernels* avx2_kernels() {
   static const Kernels k{"avx2",
                          avx2::dot_impl,
-                         avx2::dot_chunks_impl,
                          avx2::gemv_t_impl,
                          avx2::int_dot,
                          avx2::int_gemv_t,

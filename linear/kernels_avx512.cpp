@@ -282,7 +282,6 @@ namespace zipml::linear {
 const Kernels* avx512_kernels() {
   static const Kernels k{"avx512",
                          avx512::dot_impl,
-                         avx512::dot_chunks_impl,
                          avx512::gemv_t_impl,
                          avx512::int_dot,
                          avx512::int_gemv_t,

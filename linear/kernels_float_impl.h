@@ -44,7 +44,7 @@ static inline float reduce_lanes(Vec* acc) {
   return reduce_register<Vec>(acc[0]);
 }
 
-static inline float dot_inline(const float* a, const float* w, int64_t n) {
+static float dot_impl(const float* a, const float* w, int64_t n) {
   Vec acc[kVecs];
 #pragma GCC unroll 8
   for (int v = 0; v < kVecs; ++v) acc[v] = Vec{};
@@ -62,13 +62,6 @@ static inline float dot_inline(const float* a, const float* w, int64_t n) {
     for (int v = 0; v < kVecs; ++v) acc[v] = load_vec(lanes + v * kVecLanes);
   }
   return reduce_lanes(acc);
-}
-
-static float dot_impl(const float* a, const float* w, int64_t n) { return dot_inline(a, w, n); }
-
-static void dot_chunks_impl(const float* a, const float* w, int64_t n, int64_t chunk, double* out) {
-  for (int64_t c = 0; c * chunk < n; ++c)
-    out[c] = dot_inline(a + c * chunk, w + c * chunk, n - c * chunk < chunk ? n - c * chunk : chunk);
 }
 
 static void gemv_t_impl(const float* const* rows, const float* e, int64_t nrows, int64_t n, float* g) {

@@ -78,7 +78,6 @@ namespace scalar {
 
 const Kernels kKernels{"scalar",
                        dot_impl,
-                       dot_chunks_impl,
                        gemv_t_impl,
                        int_dot,
                        int_gemv_t,

@@ -121,7 +121,7 @@ struct Trainer::Impl {
   int64_t realisation = 0;  // the realisation the fresh store holds
   int forward_samples = 1;  // dot products per row (Plain 1, Chebyshev d)
   int backward_sample = 0;  // the sample whose values multiply e in the gradient
-  int64_t chunk = 256, chunks = 1;
+  int64_t chunk = 256, chunks = 1;  // the features are split among the threads in whole chunks
   int threads = 1;
 
   int quantities() const { return mode == Mode::Chebyshev ? forward_samples : mode == Mode::Refetch ? 3 : 1; }
@@ -180,11 +180,10 @@ struct Work {
   double w0_avg = 0.0;
   int64_t averaged = 0;                     // steps in the average
   std::vector<float> values, lower, width;  // per feature of a whole row
-  std::vector<double> q;                    // quantities x chunks: the partial dot products of a row
+  std::vector<double> q;                    // per quantity: the dot products of a row
   std::vector<float> block;                 // batch x slice decoded values
   std::vector<const float*> rows;
   std::vector<float> e_scaled;
-  std::vector<double> bound;  // 3 x chunks scratch of the refetch bounds
   std::vector<const uint8_t*> index_rows, up_rows;
   std::vector<int32_t> G;  // the integer gradient sums of the slice
   std::vector<int8_t> t;
@@ -198,8 +197,7 @@ struct Work {
     values.resize(m.cols);
     lower.resize(m.cols);
     width.resize(m.cols);
-    q.resize(static_cast<size_t>(m.quantities() * m.chunks));
-    bound.resize(3 * m.chunks);
+    q.resize(m.quantities());
     block.resize(static_cast<size_t>(b * std::max<int64_t>(c1 - c0, 1)));
     rows.resize(b);
     e_scaled.resize(b);
@@ -234,17 +232,10 @@ void prefetch_row(const Impl& m, int copy, int64_t r) {
   for (int p = 0; p < s.samples(); ++p) prefetch_bytes(s.up_plane(copy, r, p), (m.cols + 7) / 8);
 }
 
-// The sum of quantity p over the chunks of a row, in chunk order: the same bits for any thread count.
-double chunk_total(const double* q, int p, int64_t chunks) {
-  double z = 0.0;
-  for (int64_t c = 0; c < chunks; ++c) z += q[p * chunks + c];
-  return z;
-}
-
 // One mini-batch step on the training rows [r0, r1): every thread of the run calls it with its
-// Work. The forward pass splits the rows of the batch among the threads, each row read whole by one
-// thread (its partial dot products still per chunk of features, summed in chunk order, so that the
-// result never depends on the thread count); the backward pass and the update split the features.
+// Work. The forward pass splits the rows of the batch among the threads, each row's dot products
+// computed whole by one thread (so the result never depends on the thread count); the backward pass
+// and the update split the features.
 // Returns the intercept's gradient (the mean of e); the slice of run.g holds the gradient.
 double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id, double gamma, bool update) {
   const Impl& m = R.m;
@@ -275,16 +266,14 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
   R.barrier.wait();  // the whole model is in place (and the previous step is over on every thread)
   const int64_t msum = integer ? std::accumulate(R.msum.begin(), R.msum.end(), int64_t{0}) : 0;
 
-  // 2. Forward, on this thread's rows of the batch: per row, the partial dot products of each chunk
-  // of features, then the row's loss slope e.
+  // 2. Forward, on this thread's rows of the batch: per row, its dot products, then its loss slope e.
   const int64_t b0 = nb * W.tid / R.threads, b1 = nb * (W.tid + 1) / R.threads;
-  const int64_t chunks = integer ? 1 : m.chunks;  // an exact integer sum needs no chunks
-  double* q = W.q.data();                         // q[p * chunks + c]: quantity p of chunk c
+  double* q = W.q.data();  // q[p]: quantity p (a sample's dot product, or a refetch bound)
   for (int64_t kk = b0; kk < b1; ++kk) {
     const int64_t r = r0 + kk;
     if (kk + kPrefetchRows < b1) prefetch_row(m, copy, r + kPrefetchRows);
     if (m.fp32()) {
-      R.k.dot_chunks(m.row(r), wf, m.cols, m.chunk, q);
+      q[0] = R.k.dot(m.row(r), wf, m.cols);
     } else if (integer) {
       const int64_t sum = R.k.int_dot(m.store->index_plane(copy, r), m.store->up_plane(copy, r, 0), R.m8.data(), 0,
                                       m.cols, m.store->bits());
@@ -292,20 +281,13 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
     } else {
       for (int p = 0; p < m.forward_samples; ++p) {
         m.store->decode_values(copy, r, p, 0, m.cols, W.values.data());
-        R.k.dot_chunks(W.values.data(), wf, m.cols, m.chunk, q + p * m.chunks);
+        q[p] = R.k.dot(W.values.data(), wf, m.cols);
       }
       if (m.mode == Mode::Refetch) {  // the interval box [L_j, L_j+1] bounds every sample
         m.store->decode_intervals(copy, r, 0, m.cols, W.lower.data(), W.width.data());
-        double* base = W.bound.data();
-        double* down = base + m.chunks;
-        double* upward = down + m.chunks;
-        R.k.dot_chunks(W.lower.data(), wf, m.cols, m.chunk, base);
-        R.k.dot_chunks(W.width.data(), R.wneg.data(), m.cols, m.chunk, down);
-        R.k.dot_chunks(W.width.data(), R.wpos.data(), m.cols, m.chunk, upward);
-        for (int64_t c = 0; c < m.chunks; ++c) {
-          q[1 * m.chunks + c] = base[c] + down[c];
-          q[2 * m.chunks + c] = base[c] + upward[c];
-        }
+        const double base = R.k.dot(W.lower.data(), wf, m.cols);
+        q[1] = base + R.k.dot(W.width.data(), R.wneg.data(), m.cols);
+        q[2] = base + R.k.dot(W.width.data(), R.wpos.data(), m.cols);
       }
     }
 
@@ -313,31 +295,28 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
     double e = 0.0;
     R.refetch[kk] = 0;
     switch (m.mode) {
-      case Mode::Plain: e = loss_slope(o.loss, chunk_total(q, 0, chunks) * dot_scale + W.w0, yk); break;
+      case Mode::Plain: e = loss_slope(o.loss, q[0] * dot_scale + W.w0, yk); break;
       case Mode::Chebyshev: {
         // Horner with one independent sample per factor: unbiased for the polynomial (Section 6.2).
         double acc = 0.0;
         for (int i = m.cheb->degree; i >= 1; --i) {
-          const double u = std::clamp(yk * (chunk_total(q, i - 1, chunks) + W.w0) / m.cheb->range, -1.0, 1.0);
+          const double u = std::clamp(yk * (q[i - 1] + W.w0) / m.cheb->range, -1.0, 1.0);
           acc = (acc + m.cheb->coef[i]) * u;
         }
         e = yk * (acc + m.cheb->coef[0]);
         break;
       }
       case Mode::Refetch: {
-        const double lo = chunk_total(q, 1, chunks) + W.w0, hi = chunk_total(q, 2, chunks) + W.w0;
+        const double lo = q[1] + W.w0, hi = q[2] + W.w0;
         const double margin_lo = yk > 0 ? lo : -hi, margin_hi = yk > 0 ? hi : -lo;
         if (margin_lo >= 1.0) {
           e = 0.0;
         } else if (margin_hi < 1.0) {
-          e = o.loss == Loss::Hinge ? -yk : loss_slope(o.loss, chunk_total(q, 0, chunks) + W.w0, yk);
+          e = o.loss == Loss::Hinge ? -yk : loss_slope(o.loss, q[0] + W.w0, yk);
         } else {  // the bounds straddle the hinge: refetch the full-precision row
           R.refetch[kk] = 1;
-          for (int64_t c = 0; c < m.chunks; ++c) {
-            const int64_t j0 = c * m.chunk, j1 = std::min(m.cols, j0 + m.chunk);
-            q[c] = R.k.dot(m.row(r) + j0, wf + j0, j1 - j0);
-          }
-          e = loss_slope(o.loss, chunk_total(q, 0, chunks) + W.w0, yk);
+          q[0] = R.k.dot(m.row(r), wf, m.cols);
+          e = loss_slope(o.loss, q[0] + W.w0, yk);
         }
         break;
       }
@@ -474,7 +453,7 @@ Trainer::Trainer(const float* x, const float* y, int64_t rows, int64_t cols, con
   m.cols = cols;
   m.cols64 = round_up(cols, 64);
   // At most 64 chunks of at least 64 features (a multiple of 64): enough for 16+ threads on 1024
-  // features, and few enough partial sums per row. Chunks depend on cols only, never on threads.
+  // features. The threads' slices are whole chunks, which depend on cols only, never on threads.
   m.chunk = std::max<int64_t>(64, round_up((cols + 63) / 64, 64));
   m.chunks = (cols + m.chunk - 1) / m.chunk;
   const int hw = hardware_threads();
