@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -138,7 +139,7 @@ py::dict result_dict(const Result& r) {
 
 // A store built directly from scaled data (tests, studies of the store itself).
 SampleStore build_store(const FloatArray& u, int bits, int samples, int copies, const std::string& levels, bool nearest,
-                        uint64_t seed, int64_t candidates, int threads) {
+                        uint64_t seed, int64_t candidates, int threads, const std::vector<int64_t>& panel_starts) {
   const auto [rows, cols] = matrix_shape(u, "u");
   if (rows == 0 || cols == 0) throw InputError("u is empty");
   const float* p = u.data();
@@ -149,7 +150,13 @@ SampleStore build_store(const FloatArray& u, int bits, int samples, int copies, 
   FeatureLevels lv = levels == "optimal" ? FeatureLevels::make_optimal(p, rows, cols, bits, candidates)
                                          : FeatureLevels::make_uniform(bits);
   return SampleStore::build(p, rows, cols, std::move(lv), samples, copies, nearest, seed,
-                            threads == 0 ? hardware_threads() : threads);
+                            threads == 0 ? hardware_threads() : threads, panel_starts);
+}
+
+// The kernel entry points below index features from the start of a row's planes: one panel.
+void check_one_panel(const SampleStore& s) {
+  if (s.panels() != 1)
+    throw InputError("the kernel entry points take a store of one panel, got " + std::to_string(s.panels()));
 }
 
 py::array_t<uint8_t> store_codes(const SampleStore& s, int copy, int sample) {
@@ -265,7 +272,7 @@ PYBIND11_MODULE(_linear, mod) {
   py::class_<SampleStore>(mod, "SampleStore")
       .def_static("build", &build_store, py::arg("u"), py::arg("bits"), py::arg("samples") = 2, py::arg("copies") = 1,
                   py::arg("levels") = "uniform", py::arg("nearest") = false, py::arg("seed") = 0,
-                  py::arg("candidates") = 1024, py::arg("threads") = 1)
+                  py::arg("candidates") = 1024, py::arg("threads") = 1, py::arg("panel_starts") = std::vector<int64_t>{})
       .def_property_readonly("rows", &SampleStore::rows)
       .def_property_readonly("cols", &SampleStore::cols)
       .def_property_readonly("bits", &SampleStore::bits)
@@ -276,6 +283,7 @@ PYBIND11_MODULE(_linear, mod) {
       .def_property_readonly("plane_bytes", &SampleStore::plane_bytes)
       .def_property_readonly("record_bytes", &SampleStore::record_bytes)
       .def_property_readonly("bytes_per_copy", &SampleStore::bytes_per_copy)
+      .def_property_readonly("panels", &SampleStore::panels)
       .def("codes", &store_codes, py::arg("copy") = 0, py::arg("sample") = 0, "codes of one sample (rows x cols)")
       .def(
           "intervals",
@@ -290,11 +298,16 @@ PYBIND11_MODULE(_linear, mod) {
       .def(
           "records",
           [](const SampleStore& s, int copy) {
+            if (copy < 0 || copy >= s.copies()) throw InputError("copy out of range");
             py::array_t<uint8_t> a({static_cast<py::ssize_t>(s.rows()), static_cast<py::ssize_t>(s.record_bytes())});
-            std::memcpy(a.mutable_data(), s.record(copy, 0), s.bytes_per_copy());
+            for (int64_t r = 0; r < s.rows(); ++r) {
+              uint8_t* out = a.mutable_data(r, 0);
+              for (int p = 0; p < s.panels(); ++p)
+                out = std::copy_n(s.record(copy, r, p), s.panel_record_bytes(p), out);
+            }
             return a;
           },
-          py::arg("copy") = 0, "the raw records of one copy (rows x record_bytes)")
+          py::arg("copy") = 0, "the raw records of one copy (rows x record_bytes; a row's panels one after another)")
       .def("levels", &store_levels, "levels of each feature (cols x 2^bits)");
 
   mod.def(
@@ -350,6 +363,7 @@ PYBIND11_MODULE(_linear, mod) {
         if (!s.levels().uniform || s.index_bits() != (s.bits() == 1 ? 0 : s.bits()) ||
             (s.bits() != 1 && s.bits() != 2 && s.bits() != 4 && s.bits() != 8))
           throw InputError("the integer kernels take uniform 1, 2, 4 or 8-bit stores");
+        check_one_panel(s);
         return with_isa(isa, [&](const Kernels& k) {
           return k.int_dot(s.index_plane(copy, row), s.up_plane(copy, row, sample), m.data(), c0, c1, s.bits());
         });
@@ -362,6 +376,7 @@ PYBIND11_MODULE(_linear, mod) {
          py::array_t<int8_t, py::array::c_style> t, int64_t c0, int64_t c1, const std::string& isa) {
         if (rows.size() % 4 != 0 || static_cast<py::ssize_t>(rows.size()) != t.size())
           throw InputError("rows must be a multiple of 4, with one t per row");
+        check_one_panel(s);
         std::vector<const uint8_t*> index, up;
         for (int64_t r : rows) {
           index.push_back(s.index_plane(copy, r));
@@ -396,6 +411,7 @@ PYBIND11_MODULE(_linear, mod) {
       [](const SampleStore& s, int copy, int64_t row, int sample, int64_t c0, int64_t c1, const std::string& isa) {
         if (!s.levels().uniform || (s.bits() != 1 && s.bits() != 2 && s.bits() != 4 && s.bits() != 8) || c0 % 64)
           throw InputError("decode_uniform takes uniform 1, 2, 4 or 8-bit stores and c0 a multiple of 64");
+        check_one_panel(s);
         std::vector<float> out(c1 - c0);
         with_isa(isa, [&](const Kernels& k) {
           k.decode_uniform(s.index_plane(copy, row), s.up_plane(copy, row, sample), c0, c1, s.bits(), out.data());

@@ -43,7 +43,8 @@ void pack_codes(const uint8_t* codes, int64_t n, int bits, uint8_t* out) {
 }  // namespace
 
 SampleStore SampleStore::build(const float* u, int64_t rows, int64_t cols, FeatureLevels levels, int samples,
-                               int copies, bool nearest, uint64_t seed, int threads) {
+                               int copies, bool nearest, uint64_t seed, int threads,
+                               const std::vector<int64_t>& panel_starts) {
   if (samples < 1 || samples > 64) throw InputError("samples must be from 1 to 64, got " + std::to_string(samples));
   if (copies < 1) throw InputError("copies must be at least 1, got " + std::to_string(copies));
   if (nearest && (samples != 1 || copies != 1))
@@ -57,9 +58,24 @@ SampleStore SampleStore::build(const float* u, int64_t rows, int64_t cols, Featu
   s.copies_ = copies;
   s.nearest_ = nearest;
   s.levels_ = std::move(levels);
-  s.index_bytes_ = s.cols_padded_ * s.index_bits_ / 8;
-  s.plane_bytes_ = s.cols_padded_ / 8;
-  s.record_bytes_ = s.index_bytes_ + samples * s.plane_bytes_;
+  int64_t begin = 0;
+  for (size_t p = 0; p <= panel_starts.size(); ++p) {
+    Panel q;
+    q.begin = begin;
+    const int64_t end = p < panel_starts.size() ? panel_starts[p] : cols;
+    if (p < panel_starts.size() && !(end > begin && end < cols && end % 64 == 0))
+      throw InputError("panel_starts must be increasing multiples of 64 below cols, got " + std::to_string(end));
+    const int64_t padded = (end - begin + 7) / 8 * 8;
+    q.index_bytes = padded * s.index_bits_ / 8;
+    q.plane_bytes = padded / 8;
+    q.record_bytes = q.index_bytes + samples * q.plane_bytes;
+    q.offset = s.record_bytes_ * rows;
+    s.index_bytes_ += q.index_bytes;
+    s.plane_bytes_ += q.plane_bytes;
+    s.record_bytes_ += q.record_bytes;
+    s.panels_.push_back(q);
+    begin = end;
+  }
   s.data_.assign(static_cast<size_t>(copies * rows * s.record_bytes_ + 64), 0);
 
   s.seed_ = seed;
@@ -73,11 +89,12 @@ void SampleStore::redraw(const float* u, int64_t realisation, int64_t row0, int6
 }
 
 // The interval index and fraction of a value do not depend on the sample: locate once per row,
-// pack the index once for every slot, then draw each sample's round-up bits.
+// pack the index once for every slot, then draw each sample's round-up bits; each panel's part of
+// the row goes to its own record.
 void SampleStore::fill(const float* u, int64_t row0, int64_t row1, int slots, int64_t first_realisation) {
   const int64_t padded = cols_padded_;
   const Kernels& k = active_kernels();
-  std::vector<uint8_t> index(padded, 0), up(padded, 0), packed(index_bytes_);
+  std::vector<uint8_t> index(padded, 0), up(padded, 0);
   std::vector<float> frac(cols_);
   std::vector<uint32_t> words(cols_);
   for (int64_t row = row0; row < row1; ++row) {
@@ -87,10 +104,10 @@ void SampleStore::fill(const float* u, int64_t row0, int64_t row1, int slots, in
       index[c] = static_cast<uint8_t>(iv.index);
       frac[c] = iv.frac;
     }
-    pack_codes(index.data(), padded, index_bits_, packed.data());
     for (int slot = 0; slot < slots; ++slot) {
-      uint8_t* out = data_.data() + (static_cast<int64_t>(slot) * rows_ + row) * record_bytes_;
-      std::copy(packed.begin(), packed.end(), out);
+      for (int p = 0; p < panels(); ++p)
+        pack_codes(index.data() + panel_begin(p), panels_[p].plane_bytes * 8, index_bits_,
+                   const_cast<uint8_t*>(index_plane(slot, row, p)));
       for (int sample = 0; sample < samples_; ++sample) {
         if (nearest_) {
           for (int64_t c = 0; c < cols_; ++c)
@@ -101,41 +118,64 @@ void SampleStore::fill(const float* u, int64_t row0, int64_t row1, int slots, in
           for (int64_t c = 0; c < cols_; ++c)
             up[c] = static_cast<uint8_t>(kernel::round_up(frac[c], kernel::kStochastic, words[c]));
         }
-        pack_codes(up.data(), padded, 1, out + index_bytes_ + sample * plane_bytes_);
+        for (int p = 0; p < panels(); ++p)
+          pack_codes(up.data() + panel_begin(p), panels_[p].plane_bytes * 8, 1,
+                     const_cast<uint8_t*>(up_plane(slot, row, sample, p)));
       }
     }
   }
 }
 
+int SampleStore::panel_of(int64_t col) const {
+  int p = 0;
+  while (p + 1 < panels() && panels_[p + 1].begin <= col) ++p;
+  return p;
+}
+
 int SampleStore::interval(int copy, int64_t row, int64_t col) const {
-  return index_bits_ == 0 ? 0 : kernel::unpack_code(index_plane(copy, row), index_bits_, col);
+  const int p = panel_of(col);
+  return index_bits_ == 0 ? 0 : kernel::unpack_code(index_plane(copy, row, p), index_bits_, col - panel_begin(p));
 }
 
 int SampleStore::code(int copy, int64_t row, int64_t col, int sample) const {
-  return interval(copy, row, col) + ((up_plane(copy, row, sample)[col >> 3] >> (col & 7)) & 1);
+  const int p = panel_of(col);
+  const int64_t i = col - panel_begin(p);
+  return interval(copy, row, col) + ((up_plane(copy, row, sample, p)[i >> 3] >> (i & 7)) & 1);
 }
 
 void SampleStore::decode_codes(int copy, int64_t row, int sample, int64_t c0, int64_t c1, uint8_t* codes) const {
-  const uint8_t* index = index_plane(copy, row);
-  const uint8_t* up = up_plane(copy, row, sample);
   const int ib = index_bits_;
-  for (int64_t c = c0; c < c1; ++c) {
-    unsigned j = 0;
-    switch (ib) {
-      case 0: break;
-      case 2: j = (index[c >> 2] >> ((c & 3) * 2)) & 3u; break;
-      case 4: j = (index[c >> 1] >> ((c & 1) * 4)) & 15u; break;
-      case 8: j = index[c]; break;
-      default: j = kernel::unpack_code(index, ib, c);
+  for (int p = panel_of(c0); p < panels() && panel_begin(p) < c1; ++p) {
+    const uint8_t* index = index_plane(copy, row, p);
+    const uint8_t* up = up_plane(copy, row, sample, p);
+    const int64_t first = panel_begin(p);
+    for (int64_t col = std::max(c0, first); col < std::min(c1, panel_end(p)); ++col) {
+      const int64_t c = col - first;
+      unsigned j = 0;
+      switch (ib) {
+        case 0: break;
+        case 2: j = (index[c >> 2] >> ((c & 3) * 2)) & 3u; break;
+        case 4: j = (index[c >> 1] >> ((c & 1) * 4)) & 15u; break;
+        case 8: j = index[c]; break;
+        default: j = kernel::unpack_code(index, ib, c);
+      }
+      codes[col - c0] = static_cast<uint8_t>(j + ((up[c >> 3] >> (c & 7)) & 1u));
     }
-    codes[c - c0] = static_cast<uint8_t>(j + ((up[c >> 3] >> (c & 7)) & 1u));
   }
 }
 
 void SampleStore::decode_values(int copy, int64_t row, int sample, int64_t c0, int64_t c1, float* values) const {
   const int bits = levels_.bits;
-  if (levels_.uniform && (bits == 1 || bits == 2 || bits == 4 || bits == 8) && c0 % 64 == 0) {
-    active_kernels().decode_uniform(index_plane(copy, row), up_plane(copy, row, sample), c0, c1, bits, values);
+  const int p = panel_of(c0);
+  if (levels_.uniform && (bits == 1 || bits == 2 || bits == 4 || bits == 8) && (c0 - panel_begin(p)) % 64 == 0 &&
+      c1 <= panel_end(p)) {
+    active_kernels().decode_uniform(index_plane(copy, row, p), up_plane(copy, row, sample, p), c0 - panel_begin(p),
+                                    c1 - panel_begin(p), bits, values);
+    return;
+  }
+  if (panels() > 1 && c1 > panel_end(p)) {  // one panel at a time
+    for (int64_t a = c0; a < c1; a = std::min(c1, panel_end(panel_of(a))))
+      decode_values(copy, row, sample, a, std::min(c1, panel_end(panel_of(a))), values + (a - c0));
     return;
   }
   uint8_t codes[256];

@@ -10,13 +10,16 @@
 // element (row * cols + col) in stream (seed, offset = copy * S + sample). Copy c of a double-
 // sampled store therefore equals the core's double_sample(u, bits, scale=1, seed, offset=2c).
 //
-// Layout, one record per sample row, records row after row, copies one after another:
-//   [interval index j of each feature, index_bits = ceil(log2(K - 1)) bits each, LSB-first]
+// Layout: the features are cut into panels (one by default; the integer engine asks for one per
+// thread, so that each thread streams its own bytes: linear/solver.cpp). Copies one after another;
+// within a copy, panels one after another; within a panel, one record per row:
+//   [interval index j of each feature of the panel, index_bits = ceil(log2(K - 1)) bits each, LSB-first]
 //   [round-up bits of sample 0, 1 bit per feature, LSB-first] ... [of sample S - 1]
-// Features are padded with zeros to a multiple of 8 so every plane starts on a byte. Row-major
-// records stream sequentially; the SIMD kernels decode 64 features per step from them (the index
-// plane by shifts, the round-up plane as a mask) and transpose groups of 4 rows in registers for
-// the gradient, so the same bytes feed both halves of a mini-batch step (linear/int_kernels.h).
+// A panel's features are padded with zeros to a multiple of 8 so every plane starts on a byte
+// (panels other than the last hold a multiple of 64 features). Records stream sequentially; the
+// SIMD kernels decode 64 features per step from them (the index plane by shifts, the round-up plane
+// as a mask) and transpose groups of 4 rows in registers for the gradient, so the same bytes feed
+// both halves of a mini-batch step (linear/kernels.h). The layout never changes a sample's bits.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -28,9 +31,10 @@ namespace zipml::linear {
 class SampleStore {
  public:
   SampleStore() = default;
-  // u: rows x cols in [-1, 1] (the scaled training data in training order).
+  // u: rows x cols in [-1, 1] (the scaled training data in training order). panel_starts: the
+  // first feature of each panel after the first, increasing multiples of 64 below cols.
   static SampleStore build(const float* u, int64_t rows, int64_t cols, FeatureLevels levels, int samples, int copies,
-                           bool nearest, uint64_t seed, int threads);
+                           bool nearest, uint64_t seed, int threads, const std::vector<int64_t>& panel_starts = {});
 
   // Fresh samples: rewrites rows [row0, row1) of a one-copy stochastic store with the samples of
   // copy `realisation` of the same seed (what copy `realisation` of a larger store would hold).
@@ -46,17 +50,25 @@ class SampleStore {
   bool nearest() const { return nearest_; }
   const FeatureLevels& levels() const { return levels_; }
 
-  int64_t index_bytes() const { return index_bytes_; }  // per record
-  int64_t plane_bytes() const { return plane_bytes_; }  // one round-up plane per record
+  // Bytes of one row over all panels: its interval indices, one round-up plane, all its planes.
+  int64_t index_bytes() const { return index_bytes_; }
+  int64_t plane_bytes() const { return plane_bytes_; }
   int64_t record_bytes() const { return record_bytes_; }
   int64_t bytes_per_copy() const { return record_bytes_ * rows_; }
 
-  const uint8_t* record(int copy, int64_t row) const {
-    return data_.data() + (static_cast<int64_t>(copy) * rows_ + row) * record_bytes_;
+  int panels() const { return static_cast<int>(panels_.size()); }
+  int64_t panel_begin(int p) const { return panels_[p].begin; }  // first feature of panel p
+  int64_t panel_end(int p) const { return p + 1 < panels() ? panels_[p + 1].begin : cols_; }
+  int64_t panel_record_bytes(int p) const { return panels_[p].record_bytes; }
+
+  // The record of one row in panel p, and its planes: feature panel_begin(p) + i is field i.
+  const uint8_t* record(int copy, int64_t row, int p = 0) const {
+    const Panel& q = panels_[p];
+    return data_.data() + copy * bytes_per_copy() + q.offset + row * q.record_bytes;
   }
-  const uint8_t* index_plane(int copy, int64_t row) const { return record(copy, row); }
-  const uint8_t* up_plane(int copy, int64_t row, int sample) const {
-    return record(copy, row) + index_bytes_ + sample * plane_bytes_;
+  const uint8_t* index_plane(int copy, int64_t row, int p = 0) const { return record(copy, row, p); }
+  const uint8_t* up_plane(int copy, int64_t row, int sample, int p = 0) const {
+    return record(copy, row, p) + panels_[p].index_bytes + sample * panels_[p].plane_bytes;
   }
 
   // Slow accessors (tests, references): the interval index and the code of one value.
@@ -71,6 +83,12 @@ class SampleStore {
   void decode_intervals(int copy, int64_t row, int64_t c0, int64_t c1, float* lower, float* width) const;
 
  private:
+  struct Panel {
+    int64_t begin = 0;  // first feature
+    int64_t index_bytes = 0, plane_bytes = 0, record_bytes = 0;
+    int64_t offset = 0;  // of the panel's first record from the start of a copy
+  };
+  int panel_of(int64_t col) const;
   void fill(const float* u, int64_t row0, int64_t row1, int slots, int64_t first_realisation);
 
   uint64_t seed_ = 0;
@@ -79,6 +97,7 @@ class SampleStore {
   bool nearest_ = false;
   FeatureLevels levels_;
   int64_t index_bytes_ = 0, plane_bytes_ = 0, record_bytes_ = 0;
+  std::vector<Panel> panels_;
   std::vector<uint8_t> data_;  // copies * rows * record_bytes, then 64 bytes of slack for SIMD loads
 };
 

@@ -72,6 +72,36 @@ def test_record_layout(bits, samples):
             np.testing.assert_array_equal(records[r], np.concatenate(expected))
 
 
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_panels_change_the_layout_not_the_samples(bits):
+    """A store cut into feature panels (what the integer engine streams, one panel per thread) holds
+    the same samples; its records are each row's panel records one after another; the kernel entry
+    points, which index a row's planes from its first feature, take one-panel stores only."""
+    u = scaled_data(rows=9, cols=150)
+    one = SampleStore.build(u, bits, samples=2, copies=2, seed=8)
+    cut = SampleStore.build(u, bits, samples=2, copies=2, seed=8, panel_starts=[64, 128])
+    assert (one.panels, cut.panels) == (1, 3)
+    for copy in range(2):
+        np.testing.assert_array_equal(cut.intervals(copy), one.intervals(copy))
+        for sample in range(2):
+            np.testing.assert_array_equal(cut.codes(copy, sample), one.codes(copy, sample))
+    index = cut.intervals(1)
+    up = [cut.codes(1, s) - index for s in range(2)]
+
+    def packed(fields, r, a, b, width):  # features [a, b) of row r, padded to a byte, LSB-first
+        codes = np.pad(fields[r, a:b], (0, -(b - a) % 8)).astype(np.uint8)
+        return torch_zipml.pack(torch.from_numpy(codes), width).numpy() if width else np.zeros(0, np.uint8)
+
+    for r, record in enumerate(cut.records(1)):
+        expected = [[packed(index, r, a, b, cut.index_bits)] + [packed(bit, r, a, b, 1) for bit in up]
+                    for a, b in [(0, 64), (64, 128), (128, 150)]]
+        np.testing.assert_array_equal(record, np.concatenate(sum(expected, [])))
+    with pytest.raises(ValueError, match="one panel"):
+        _linear.int_dot(cut, 0, 0, 0, np.zeros(192, np.int8), 0, 150)
+    with pytest.raises(ValueError, match="panel_starts"):
+        SampleStore.build(u, bits, panel_starts=[100])
+
+
 def test_bytes_shrink_as_32_over_bits_plus_2():
     u = scaled_data(rows=4, cols=640)
     for bits in (2, 4, 8):

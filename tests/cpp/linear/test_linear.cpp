@@ -3,11 +3,15 @@
 // double sampling, training, and the errors of bad input.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <random>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "../../../kernels/common/philox.h"
@@ -16,6 +20,7 @@
 #include "kernels.h"
 #include "solver.h"
 #include "store.h"
+#include "team.h"
 
 namespace zl = zipml::linear;
 namespace zk = zipml::kernel;
@@ -60,6 +65,61 @@ TEST(Store, SamplesFollowTheCoresDefinition) {
                 << "bits " << bits << " copy " << copy << " sample " << sample;
           }
   }
+}
+
+TEST(Store, PanelsHoldTheSameSamples) {
+  const int64_t rows = 7, cols = 200;
+  const std::vector<float> u = uniform_data(rows, cols, 4);
+  for (int bits : {1, 2, 3, 4, 8}) {
+    const auto build = [&](const std::vector<int64_t>& starts) {
+      return zl::SampleStore::build(u.data(), rows, cols, zl::FeatureLevels::make_uniform(bits), 2, 2, false, 5, 1,
+                                    starts);
+    };
+    const zl::SampleStore one = build({});
+    for (const std::vector<int64_t>& starts : {std::vector<int64_t>{64, 128}, std::vector<int64_t>{192}}) {
+      const zl::SampleStore cut = build(starts);
+      ASSERT_EQ(cut.panels(), static_cast<int>(starts.size()) + 1);
+      int64_t record_bytes = 0;
+      for (int p = 0; p < cut.panels(); ++p) record_bytes += cut.panel_record_bytes(p);
+      EXPECT_EQ(cut.record_bytes(), record_bytes);
+      for (int copy = 0; copy < 2; ++copy)
+        for (int sample = 0; sample < 2; ++sample)
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t c = 0; c < cols; ++c)
+              ASSERT_EQ(cut.code(copy, r, c, sample), one.code(copy, r, c, sample)) << "bits " << bits << " col " << c;
+            for (auto [c0, c1] : {std::pair<int64_t, int64_t>{0, cols}, {64, 128}, {30, 170}, {128, 200}}) {
+              std::vector<float> a(c1 - c0), b(c1 - c0);
+              one.decode_values(copy, r, sample, c0, c1, a.data());
+              cut.decode_values(copy, r, sample, c0, c1, b.data());
+              ASSERT_EQ(a, b) << "bits " << bits << " features " << c0 << ".." << c1;
+            }
+          }
+    }
+  }
+  for (const std::vector<int64_t>& bad : {std::vector<int64_t>{100}, {128, 64}, {64, 64}, {0}, {256}})
+    EXPECT_THROW(zl::SampleStore::build(u.data(), rows, cols, zl::FeatureLevels::make_uniform(4), 2, 1, false, 5, 1,
+                                        bad),
+                 zl::InputError);
+}
+
+TEST(Team, BarrierKeepsEveryThreadInStep) {
+  // Every thread publishes its round before the barrier and checks the others' after it; one round
+  // makes the others wait long enough to sleep.
+  const int threads = 3, rounds = 3000;
+  std::vector<std::atomic<int>> reached(threads);
+  zl::Barrier barrier(threads);
+  std::atomic<int> errors{0};
+  zl::run_team(threads, [&](int tid) {
+    for (int round = 1; round <= rounds; ++round) {
+      if (tid == round % threads && round % 1000 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(30));
+      reached[tid].store(round);
+      barrier.wait(tid);
+      for (int t = 0; t < threads; ++t)
+        if (reached[t].load() < round) ++errors;
+      barrier.wait(tid);  // nobody starts the next round before everyone has checked this one
+    }
+  });
+  EXPECT_EQ(errors.load(), 0);
 }
 
 TEST(Kernels, VariantsAgreeWithTheScalarReference) {
