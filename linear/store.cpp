@@ -106,8 +106,7 @@ void SampleStore::fill(const float* u, int64_t row0, int64_t row1, int slots, in
     }
     for (int slot = 0; slot < slots; ++slot) {
       for (int p = 0; p < panels(); ++p)
-        pack_codes(index.data() + panel_begin(p), panels_[p].plane_bytes * 8, index_bits_,
-                   const_cast<uint8_t*>(index_plane(slot, row, p)));
+        pack_codes(index.data() + panel_begin(p), panels_[p].plane_bytes * 8, index_bits_, record_to_fill(slot, row, p));
       for (int sample = 0; sample < samples_; ++sample) {
         if (nearest_) {
           for (int64_t c = 0; c < cols_; ++c)
@@ -120,7 +119,7 @@ void SampleStore::fill(const float* u, int64_t row0, int64_t row1, int slots, in
         }
         for (int p = 0; p < panels(); ++p)
           pack_codes(up.data() + panel_begin(p), panels_[p].plane_bytes * 8, 1,
-                     const_cast<uint8_t*>(up_plane(slot, row, sample, p)));
+                     record_to_fill(slot, row, p) + panels_[p].index_bytes + sample * panels_[p].plane_bytes);
       }
     }
   }

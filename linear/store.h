@@ -62,10 +62,7 @@ class SampleStore {
   int64_t panel_record_bytes(int p) const { return panels_[p].record_bytes; }
 
   // The record of one row in panel p, and its planes: feature panel_begin(p) + i is field i.
-  const uint8_t* record(int copy, int64_t row, int p = 0) const {
-    const Panel& q = panels_[p];
-    return data_.data() + copy * bytes_per_copy() + q.offset + row * q.record_bytes;
-  }
+  const uint8_t* record(int copy, int64_t row, int p = 0) const { return data_.data() + offset(copy, row, p); }
   const uint8_t* index_plane(int copy, int64_t row, int p = 0) const { return record(copy, row, p); }
   const uint8_t* up_plane(int copy, int64_t row, int sample, int p = 0) const {
     return record(copy, row, p) + panels_[p].index_bytes + sample * panels_[p].plane_bytes;
@@ -89,6 +86,10 @@ class SampleStore {
     int64_t offset = 0;  // of the panel's first record from the start of a copy
   };
   int panel_of(int64_t col) const;
+  int64_t offset(int copy, int64_t row, int p) const {
+    return copy * bytes_per_copy() + panels_[p].offset + row * panels_[p].record_bytes;
+  }
+  uint8_t* record_to_fill(int copy, int64_t row, int p) { return data_.data() + offset(copy, row, p); }
   void fill(const float* u, int64_t row0, int64_t row1, int slots, int64_t first_realisation);
 
   uint64_t seed_ = 0;
