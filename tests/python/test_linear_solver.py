@@ -287,9 +287,11 @@ def test_results_do_not_depend_on_threads_or_instruction_set(options, batch_size
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_fresh_samples_equal_one_stored_copy_per_epoch(threads):
+@pytest.mark.parametrize("engine", [dict(engine="float"), dict(engine="integer", model_bits=8)])
+def test_fresh_samples_equal_one_stored_copy_per_epoch(threads, engine):
+    # The integer engine redraws a store cut into one panel per thread.
     X, y = problem(rows=60, cols=300)
-    common = dict(sampling="double", bits=2, epochs=3, batch_size=8, seed=4, threads=threads)
+    common = dict(sampling="double", bits=2, epochs=3, batch_size=8, seed=4, threads=threads, **engine)
     fresh_trainer = trainer(X, y, copies=0, **common)
     fresh = fresh_trainer.fit()
     stored = fit(X, y, copies=3, **common)
