@@ -30,8 +30,8 @@ py::array_t<T> to_array(const std::vector<T>& v) {
   return a;
 }
 
-template <class T>
-py::array_t<T> to_matrix(const std::vector<T>& v, int64_t rows, int64_t cols) {
+template <class T, class A>
+py::array_t<T> to_matrix(const std::vector<T, A>& v, int64_t rows, int64_t cols) {
   py::array_t<T> a({static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
   if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(T));
   return a;

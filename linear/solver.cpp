@@ -47,6 +47,31 @@ void check_option_bits(int bits, const char* name) {
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// The element-wise loops of a step over a thread's slice, also compiled for AVX-512 and AVX2 (the
+// loader picks the clone the processor runs): each element goes through the same IEEE operations
+// in every clone, so the choice never changes a bit. Compiled for the baseline alone (SSE2), they
+// took about 0.8 us of a 6 us integer-engine step on 2 threads.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define ZIPML_ELEMENTWISE __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ZIPML_ELEMENTWISE
+#endif
+
+// w -= gamma * (g + l2 * w)
+ZIPML_ELEMENTWISE void sgd_update(float* w, const float* g, int64_t n, float gamma, float l2) {
+  for (int64_t j = 0; j < n; ++j) w[j] = w[j] - gamma * (g[j] + l2 * w[j]);
+}
+
+// avg += (w - avg) * f: the running mean of the iterates, f = 1 / (iterates so far)
+ZIPML_ELEMENTWISE void running_mean(float* avg, const float* w, int64_t n, float f) {
+  for (int64_t j = 0; j < n; ++j) avg[j] += (w[j] - avg[j]) * f;
+}
+
+// g = coef * (2 G - shift): the integer engine's gradient sums mapped back to the data's scale
+ZIPML_ELEMENTWISE void integer_gradient(const int32_t* G, int64_t n, int32_t shift, double coef, float* g) {
+  for (int64_t j = 0; j < n; ++j) g[j] = static_cast<float>(coef * static_cast<double>(2 * G[j] - shift));
+}
+
 }  // namespace
 
 Sampling parse_sampling(const std::string& name) {
@@ -111,7 +136,8 @@ struct Trainer::Impl {
   int64_t rows = 0, cols = 0, cols64 = 0;
   Scaling scaling;
   std::vector<int64_t> order;
-  std::vector<float> u, y;  // training order
+  AlignedVector<float> u;  // training order
+  std::vector<float> y;
   std::unique_ptr<SampleStore> store;
   std::unique_ptr<Chebyshev> cheb;
   Engine engine = Engine::Float;
@@ -433,8 +459,7 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
       const double coef = se / (static_cast<double>(nb) * (K - 1.0) * symmetric_half(kResidualBits));
       // |2 G - (K - 1) T| <= 2 * 255 * 127 * batch < 2^31 for batches up to kMaxIntegerBatch
       const int32_t shift = static_cast<int32_t>((K - 1) * tsum);
-      const int32_t* G = W.G.data() - W.c0;
-      for (int64_t j = W.c0; j < W.c1; ++j) R.g[j] = static_cast<float>(coef * static_cast<double>(2 * G[j] - shift));
+      integer_gradient(W.G.data(), width, shift, coef, R.g.data() + W.c0);
     } else {
       std::fill(R.g.begin() + W.c0, R.g.begin() + W.c1, 0.0f);
     }
@@ -473,7 +498,7 @@ double step(Run& R, Work& W, int64_t r0, int64_t r1, int copy, uint64_t step_id,
   // 5. Update the full-precision model: this thread's slice, and its own copy of the intercept.
   if (update) {
     const float gm = static_cast<float>(gamma), l2 = static_cast<float>(o.l2);
-    for (int64_t j = W.c0; j < W.c1; ++j) R.w[j] = R.w[j] - gm * (R.g[j] + l2 * R.w[j]);
+    sgd_update(R.w.data() + W.c0, R.g.data() + W.c0, W.c1 - W.c0, gm, l2);
     if (o.fit_intercept) W.w0 -= gamma * mean_e;
   }
   return mean_e;
@@ -605,7 +630,7 @@ Trainer::~Trainer() = default;
 const Options& Trainer::options() const { return impl_->o; }
 const Scaling& Trainer::scaling() const { return impl_->scaling; }
 const SampleStore* Trainer::store() const { return impl_->store.get(); }
-const std::vector<float>& Trainer::scaled() const { return impl_->u; }
+const AlignedVector<float>& Trainer::scaled() const { return impl_->u; }
 const std::vector<float>& Trainer::labels() const { return impl_->y; }
 const std::vector<int64_t>& Trainer::order() const { return impl_->order; }
 Engine Trainer::engine() const { return impl_->engine; }
@@ -689,7 +714,7 @@ Result Trainer::fit() {
         step(R, W, r0, r1, copy, step_id, step_at(o, time), true, next_r0);
         if (o.average_from >= 0 && time >= o.average_from) {  // Polyak-Ruppert: the mean of the iterates
           const float f = 1.0f / static_cast<float>(++W.averaged);
-          for (int64_t j = W.c0; j < W.c1; ++j) R.avg[j] += (R.w[j] - R.avg[j]) * f;
+          running_mean(R.avg.data() + W.c0, R.w.data() + W.c0, W.c1 - W.c0, f);
           W.w0_avg += (W.w0 - W.w0_avg) / static_cast<double>(W.averaged);
         }
       }

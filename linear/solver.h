@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "aligned.h"
 #include "levels.h"
 #include "losses.h"
 #include "scaling.h"
@@ -112,7 +113,7 @@ class Trainer {
   const Options& options() const;
   const Scaling& scaling() const;
   const SampleStore* store() const;           // nullptr for fp32
-  const std::vector<float>& scaled() const;   // rows x cols, training order
+  const AlignedVector<float>& scaled() const;  // rows x cols, training order
   const std::vector<float>& labels() const;   // training order
   const std::vector<int64_t>& order() const;  // training row r is input row order[r]
   Engine engine() const;

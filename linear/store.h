@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "aligned.h"
 #include "levels.h"
 
 namespace zipml::linear {
@@ -99,7 +100,7 @@ class SampleStore {
   FeatureLevels levels_;
   int64_t index_bytes_ = 0, plane_bytes_ = 0, record_bytes_ = 0;
   std::vector<Panel> panels_;
-  std::vector<uint8_t> data_;  // copies * rows * record_bytes, then 64 bytes of slack for SIMD loads
+  AlignedVector<uint8_t> data_;  // copies * rows * record_bytes, then 64 bytes of slack for SIMD loads
 };
 
 }  // namespace zipml::linear
