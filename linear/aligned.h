@@ -1,7 +1,7 @@
 // Vectors whose data start on a cache line. The solver's rows and the store's records then start on
 // a line whenever their size is a multiple of 64 bytes (1024 fp32 features, 768-byte records), so a
 // 64-byte vector load never straddles two lines: with 16-byte-aligned rows (what malloc returns) the
-// fp32 epoch on 1 GiB took 115 ms on one thread, against 101 ms aligned.
+// fp32 epoch on 1 GiB took 115 ms on one thread, against 101-103 ms aligned.
 #pragma once
 #include <cstddef>
 #include <new>
