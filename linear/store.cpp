@@ -88,9 +88,9 @@ void SampleStore::redraw(const float* u, int64_t realisation, int64_t row0, int6
   fill(u, row0, row1, 1, realisation);
 }
 
-// The interval index and fraction of a value do not depend on the sample: locate once per row,
-// pack the index once for every slot, then draw each sample's round-up bits; each panel's part of
-// the row goes to its own record.
+// The interval index and fraction of a value do not depend on the sample: locate once per row, then
+// for every slot pack the indices and draw each sample's round-up bits, each panel's part of the
+// row into its own record.
 void SampleStore::fill(const float* u, int64_t row0, int64_t row1, int slots, int64_t first_realisation) {
   const int64_t padded = cols_padded_;
   const Kernels& k = active_kernels();
