@@ -50,7 +50,7 @@ int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 // The element-wise loops of a step over a thread's slice, also compiled for AVX-512 and AVX2 (the
 // loader picks the clone the processor runs): each element goes through the same IEEE operations
 // in every clone, so the choice never changes a bit. Compiled for the baseline alone (SSE2), they
-// took about 0.8 us of a 6 us integer-engine step on 2 threads.
+// cost the 4-bit integer engine with averaging 25.3 ms per epoch on 2 threads, against 24.2-24.5.
 #if defined(__x86_64__) && defined(__GNUC__)
 #define ZIPML_ELEMENTWISE __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
@@ -246,9 +246,8 @@ struct Work {
   }
 };
 
-// Rows are requested this far ahead of the forward pass: a row of the store lies in a few planes
-// (the interval indices, one round-up plane per sample), which the hardware prefetchers alone follow
-// poorly.
+// Rows are requested this far ahead of the forward pass (fp32 rows, one thread, a plain C++ loop:
+// 117 ms per GiB without, 98 ms with; the store's contiguous records gain nothing measurable).
 constexpr int64_t kPrefetchRows = 4;
 
 void prefetch_bytes(const void* p, int64_t bytes) {

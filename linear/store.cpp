@@ -88,8 +88,8 @@ void SampleStore::redraw(const float* u, int64_t realisation, int64_t row0, int6
   fill(u, row0, row1, 1, realisation);
 }
 
-// The interval index and fraction of a value do not depend on the sample: locate once per row, then
-// for every slot pack the indices and draw each sample's round-up bits, each panel's part of the
+// The interval index and fraction of a value do not depend on the sample: locate and pack once per
+// row (copied to the other slots), then draw each sample's round-up bits, each panel's part of the
 // row into its own record.
 void SampleStore::fill(const float* u, int64_t row0, int64_t row1, int slots, int64_t first_realisation) {
   const int64_t padded = cols_padded_;
@@ -105,8 +105,12 @@ void SampleStore::fill(const float* u, int64_t row0, int64_t row1, int slots, in
       frac[c] = iv.frac;
     }
     for (int slot = 0; slot < slots; ++slot) {
-      for (int p = 0; p < panels(); ++p)
-        pack_codes(index.data() + panel_begin(p), panels_[p].plane_bytes * 8, index_bits_, record_to_fill(slot, row, p));
+      for (int p = 0; p < panels(); ++p) {
+        if (slot == 0)
+          pack_codes(index.data() + panel_begin(p), panels_[p].plane_bytes * 8, index_bits_, record_to_fill(0, row, p));
+        else  // every slot holds the same indices
+          std::copy_n(record(0, row, p), panels_[p].index_bytes, record_to_fill(slot, row, p));
+      }
       for (int sample = 0; sample < samples_; ++sample) {
         if (nearest_) {
           for (int64_t c = 0; c < cols_; ++c)
