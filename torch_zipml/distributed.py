@@ -61,6 +61,7 @@ dequantize, pack and unpack read an error flag back from the device, so each buc
 few times; decoding runs in the all-gather future's callback, as PowerSGD's hook does.
 """
 
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -436,11 +437,21 @@ def quantized_allgather_hook(state: QuantizedCommState,
     if bucket.is_last():
         state.step += 1
 
+    # torch runs this callback on the process group's worker thread and frees it there, maybe after
+    # DDP and the caller have let go of the state. Holding the last reference to the state (and so
+    # to the process group), it would destroy the group on the group's own worker thread, which
+    # cannot join itself: the process aborts. So it holds the state weakly; DDP keeps the state alive
+    # until this bucket's future completes.
+    state_ref = weakref.ref(state)
+
     def finish(fut: torch.futures.Future) -> torch.Tensor:
         fut.wait()
-        decoded = _decode(state, gathered.view(world, -1), segments, buffer.numel(), code_bytes, grid)
-        if state.config.error_feedback:
-            _keep_residual(state, bucket, values.float() - decoded[rank])
+        live = state_ref()
+        if live is None:
+            raise RuntimeError("torch_zipml.distributed: the hook's state was freed before its all-gather completed")
+        decoded = _decode(live, gathered.view(world, -1), segments, buffer.numel(), code_bytes, grid)
+        if live.config.error_feedback:
+            _keep_residual(live, bucket, values.float() - decoded[rank])
         total = decoded[0].clone()
         for r in range(1, world):  # rank order: the same bits on every rank
             total.add_(decoded[r])

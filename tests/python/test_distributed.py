@@ -5,9 +5,11 @@ Each spawn costs seconds (process start, imports), so one spawn per world size r
 scenarios, and the tests below check their results. A scenario's exception is kept, not raised in
 the worker, and re-raised by the test that reads it."""
 
+import gc
 import math
 import pickle
 import traceback
+import weakref
 
 import pytest
 import torch
@@ -468,5 +470,47 @@ def test_a_world_of_one_rank_decodes_its_own_codes(device):
                 for g, x in zip(got, xs):
                     assert float((g - x.reshape(-1)).abs().max()) < gap
             assert state.step == 1 and state.bytes_sent > 0
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_pending_callback_does_not_keep_the_state_or_its_process_group(monkeypatch):
+    """torch frees the hook's all-gather callback on the process group's worker thread, maybe after
+    the caller has let go of DDP and the state. Were that callback the last owner of the state, and
+    so of the process group, the group would be destroyed on its own worker thread, which cannot
+    join itself: CI once aborted that way ("Fatal Python error: Aborted" in a thread with no Python
+    frame). Here every callback stays referenced, as on a worker thread that has not yet freed it;
+    dropping DDP and the state must still free the state."""
+    import torch.distributed as dist
+
+    pending = []
+    gather = dist.all_gather_into_tensor
+
+    class KeepCallbacks:  # a future that also keeps each callback it is given
+        def __init__(self, fut):
+            self.fut = fut
+
+        def then(self, callback):
+            pending.append(callback)
+            return self.fut.then(callback)
+
+    class Work:
+        def __init__(self, work):
+            self.work = work
+
+        def get_future(self):
+            return KeepCallbacks(self.work.get_future())
+
+    monkeypatch.setattr(dist, "all_gather_into_tensor", lambda *a, **k: Work(gather(*a, **k)))
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        ddp = _ddp(Probe())
+        state = zd.register(ddp, bits=4, error_feedback=True)  # the callback writes the state's residuals
+        ddp(probe_gradient(0)).backward()
+        assert pending and len(state.residuals) == len(SHAPES)
+        freed = weakref.ref(state)
+        del ddp, state
+        gc.collect()
+        assert freed() is None, "a pending all-gather callback keeps the hook's state (and its process group) alive"
     finally:
         dist.destroy_process_group()
