@@ -9,4 +9,6 @@ if [ -d build-cmake ]; then
   ctest --test-dir build-cmake --output-on-failure -j 2
 fi
 printf '\n== pytest\n'
-python3 -m pytest tests/python -q "$@"
+# --capture=sys: Python output is still captured per test, but native code writes to the log, so a
+# crash in C++ shows its own message ("terminate called after ...") next to Python's traceback.
+python3 -m pytest tests/python -q --capture=sys "$@"
