@@ -508,6 +508,8 @@ def test_a_pending_callback_does_not_keep_the_state_or_its_process_group(monkeyp
         state = zd.register(ddp, bits=4, error_feedback=True)  # the callback writes the state's residuals
         ddp(probe_gradient(0)).backward()
         assert pending and len(state.residuals) == len(SHAPES)
+        held = [c.cell_contents for cb in pending for c in cb.__closure__ or ()]
+        assert not any(isinstance(h, (dist.ProcessGroup, zd.QuantizedCommState)) for h in held)
         freed = weakref.ref(state)
         del ddp, state
         gc.collect()
