@@ -1,4 +1,4 @@
-"""The CUDA kernels (kernels/cuda/quantize_cuda.cu) against the CPU kernels, bit for bit.
+"""The CUDA kernels (kernels/cuda/quantize_kernels.cuh) against the CPU kernels, bit for bit.
 
 The CPU kernels are checked against slow references elsewhere (test_quantize.py); here every public
 operator run on a GPU must give exactly the CPU's bits for the same seed: the Philox words are
