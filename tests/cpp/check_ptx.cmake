@@ -1,0 +1,42 @@
+# cmake -DPTX=file.ptx -P check_ptx.cmake: fails, naming the first offending line, unless the CUDA
+# kernels in the PTX compute the float bits the CPU kernels do (kernels/common/quantize.h): no fused
+# multiply-add (fma/mad on floats), every float add, sub and mul rounded explicitly (.rn: ptxas
+# contracts the unrounded forms into FMAs), no approximate division or reciprocal, no flush of
+# subnormals to zero.
+if(NOT EXISTS "${PTX}")
+  message(FATAL_ERROR "check_ptx: no PTX file '${PTX}'")
+endif()
+file(STRINGS "${PTX}" lines)
+set(kernels 0)
+set(float_ops 0)
+set(line_number 0)
+foreach(line IN LISTS lines)
+  math(EXPR line_number "${line_number} + 1")
+  if(line MATCHES "\\.entry ")
+    math(EXPR kernels "${kernels} + 1")
+  endif()
+  if(NOT line MATCHES "^[ \t]*(@!?%p[0-9]+[ \t]+)?(fma|mad|add|sub|mul|div|rcp|sqrt)(\\.[a-z0-9]+)*\\.f(32|64)[ \t]")
+    continue()
+  endif()
+  math(EXPR float_ops "${float_ops} + 1")
+  set(why "")
+  if(line MATCHES "^[ \t]*(@!?%p[0-9]+[ \t]+)?(fma|mad)\\.")
+    set(why "a fused multiply-add")
+  elseif(line MATCHES "^[ \t]*(@!?%p[0-9]+[ \t]+)?(add|sub|mul)\\." AND NOT line MATCHES "\\.rn\\.")
+    set(why "float arithmetic without .rn, which ptxas may contract into a fused multiply-add")
+  elseif(line MATCHES "\\.(approx|full)\\.")
+    set(why "an approximate operation")
+  elseif(line MATCHES "\\.ftz\\.")
+    set(why "subnormals flushed to zero")
+  endif()
+  if(why)
+    string(STRIP "${line}" line)
+    message(FATAL_ERROR "${PTX}:${line_number}: ${why}: ${line}")
+  endif()
+endforeach()
+# A file without kernels or float arithmetic would pass vacuously.
+if(kernels LESS 10 OR float_ops LESS 100)
+  message(FATAL_ERROR "check_ptx: ${PTX} holds ${kernels} kernels and ${float_ops} float operations; "
+                      "expected the zipml kernels")
+endif()
+message(STATUS "check_ptx: ${kernels} kernels, ${float_ops} float operations, all IEEE-rounded, no FMA")
