@@ -3,17 +3,19 @@
 // threads. On a machine without a GPU it tests what the kernels compute (indexing, grid-stride
 // loops, block and warp cooperation, atomics, shared memory) and the operator code around them
 // (checks, grids, error flags), against the CPU operators bit for bit. It cannot test nvcc's code
-// generation or the CUDA runtime: tests/python/test_cuda.py does, where a GPU is present.
+// generation (ctest cuda_ptx checks its float arithmetic) or the CUDA runtime:
+// tests/python/test_cuda.py does, where a GPU is present.
 //
 // The emulation follows the CUDA execution model closely enough for these kernels:
 //   * a launch runs its blocks one at a time, last block first (a GPU promises no order), each
 //     block on blockDim.x concurrent host threads (a Team, reused from block to block);
 //   * __syncthreads is a barrier of the block's threads, __shfl_xor_sync an exchange through a
-//     barrier of the warp's 32 threads; a thread that returns leaves both barriers, as an exited
-//     GPU thread no longer holds up bar.sync;
+//     barrier of the warp's 32 threads; a thread that returns leaves both barriers, so that no
+//     barrier waits for it (the kernels here never reach one after a thread of theirs returned);
 //   * a static __shared__ array is a function-local static (blocks never overlap, so one copy
-//     serves them all); dynamic shared memory is a buffer per block, filled with a garbage pattern
-//     as a GPU's would hold whatever was there;
+//     serves them all); it keeps its contents from block to block, so a kernel that reads one
+//     before writing it goes unnoticed here. Dynamic shared memory is a buffer per block, filled
+//     with a garbage pattern as a GPU's would hold whatever was there;
 //   * atomicAdd is an atomic read-modify-write (std::atomic_ref).
 //
 // Include it after every other header but kernels/cuda/*.cuh: it defines CUDA's keywords and
