@@ -181,7 +181,7 @@ TEST_F(CudaOnHost, QuantizeAndDoubleSampleHaveTheCodesOfTheCpuKernels) {
   const auto cpu_codes = cpu_op<QuantizeCodes>("zipml::_quantize_codes");
   const auto cpu_double = cpu_op<DoubleSampleCodes>("zipml::_double_sample_codes");
   int index = 0;
-  for (at::ScalarType dtype : {at::kFloat, at::kHalf})
+  for (at::ScalarType dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16})
     for (auto [levels, table] : std::vector<LevelSet>{{2, false}, {16, false}, {7, true}, {256, true}})
       for (int64_t groups : {1, 7}) {
         SCOPED_TRACE(::testing::Message() << c10::toString(dtype) << " levels " << levels << " groups " << groups);
@@ -335,6 +335,12 @@ TEST_F(CudaOnHost, LevelHistogramMatchesTheCpuAndIsTheSameForEveryGrid) {
         }
       }
     }
+  }
+  for (at::ScalarType dtype : {at::kDouble, at::kHalf, at::kBFloat16}) {  // the other input types
+    SCOPED_TRACE(c10::toString(dtype));
+    const at::Tensor x = sample(kNumel, dtype, 6);
+    const at::Tensor s = scales(7, false);
+    expect_histogram_matches_cpu(x, s, 64, zipml::cuda::level_histogram<HostDevice>(x, s, 64));
   }
   const at::Tensor bad = sample(kNumel, at::kFloat, 5, /*non_finite=*/true);
   EXPECT_NE(error_of([&] { zipml::cuda::level_histogram<HostDevice>(bad, scales(1, false), 64); }), "");
