@@ -10,7 +10,8 @@
 // time and the scalar code keeps the baseline instruction set.
 //
 // V provides: kLanes, kTableMax (entries of an in-register table), kLaneBlock (the block each Philox
-// lane computes, see PhiloxStream::words), the vector types F (float), I (int32), M (lane mask), and the
+// lane computes, see PhiloxStream::words), kCeilToUnsigned (V has cvt_ceil_u32 and srli24, see
+// GridLevels::stochastic_code), the vector types F (float), I (int32), M (lane mask), and the
 // operations used below.
 #pragma once
 
@@ -98,6 +99,7 @@ struct PhiloxStream {
 // A Levels type finds, for a vector of normalised values v, the interval [L_j, L_j+1] of each and its
 // fraction: locate exactly as kernel::locate (double sampling stores j), locate_code possibly as
 // another pair with the same code j + up (quantize, fake_quantize). value gives L_(j+up) * scale.
+// Where kIntegerStochastic, stochastic_code gives the stochastically rounded code directly.
 
 template <class V>
 struct Interval {
@@ -114,14 +116,17 @@ struct GridLevels {
   using F = typename V::F;
   using I = typename V::I;
   using M = typename V::M;
-  F one, half_k_minus_1, step, scale;
-  I last_interval, k_minus_1;
+  static constexpr bool kIntegerStochastic = V::kCeilToUnsigned;
+  F one, half_k_minus_1, half_k_minus_1_times_2p24, step, scale;
+  I last_interval, k_minus_1, below_2p24;
   typename V::Table scaled;
 
   explicit GridLevels(const SpanParams& p) {
     const int k = p.levels.count;
     one = V::set1(1.0f);
     half_k_minus_1 = V::set1(0.5f * static_cast<float>(k - 1));
+    half_k_minus_1_times_2p24 = V::set1(0.5f * static_cast<float>(k - 1) * 16777216.0f);
+    below_2p24 = V::set1i(0xFFFFFFu);
     step = V::set1(p.levels.step());
     scale = V::set1(p.scale);
     last_interval = V::set1i(static_cast<uint32_t>(k - 2));
@@ -151,8 +156,19 @@ struct GridLevels {
     return at;
   }
 
-  F value(const Interval<V>& at, M up) const {
-    const I code = V::inc_where(at.j, up);
+  // The code j + up of stochastic rounding (kernel::round_up: up iff r * 2^-24 < frac, r = word >> 8)
+  // in integers, with fewer operations than locate_code and round_up. T = (v + 1) * ((K-1)/2 * 2^24)
+  // is t * 2^24 exactly (scaling by a power of two commutes with rounding), so ceil(T) = j * 2^24 +
+  // ceil(frac * 2^24); and for an integer r, r < frac * 2^24 iff r < ceil(frac * 2^24). Hence
+  // (ceil(T) - r + 2^24 - 1) >> 24 = j + up, and t = K-1 gives K-1 as locate_code does. Every
+  // intermediate lies in [0, 2^32): ceil(T) <= (K-1) * 2^24 with K <= 256.
+  I stochastic_code(F v, I word) const {
+    const I ceil_t = V::cvt_ceil_u32(V::mul(V::add(v, one), half_k_minus_1_times_2p24));
+    return V::srli24(V::addi(V::subi(ceil_t, V::srli8(word)), below_2p24));
+  }
+
+  F value(const Interval<V>& at, M up) const { return value_of(V::inc_where(at.j, up)); }
+  F value_of(I code) const {
     if constexpr (kTabled) return V::lookup(scaled, code);
     return V::mul(V::mul(V::cvt(V::subi(V::addi(code, code), k_minus_1)), step), scale);
   }
@@ -180,6 +196,7 @@ struct CodebookLevels {
   using F = typename V::F;
   using I = typename V::I;
   using M = typename V::M;
+  static constexpr bool kIntegerStochastic = false;
   typename V::Table searched, levels;
   F scale;
   int probes;
@@ -221,6 +238,7 @@ struct WideCodebookLevels {
   using F = typename V::F;
   using I = typename V::I;
   using M = typename V::M;
+  static constexpr bool kIntegerStochastic = false;
   static constexpr int kTableBits = V::kTableMax == 32 ? 5 : 4;
   static_assert(V::kTableMax == 1 << kTableBits);
   alignas(64) float tree[256 + V::kTableMax];  // depth d at offset 2^d - 1; padded for table loads
@@ -304,13 +322,18 @@ struct Quantizer {
     return V::lt(V::mul(V::cvt(V::srli8(word)), two_pow_minus_24), frac);
   }
 
+  static constexpr bool kIntegerStochastic = kRounding == kernel::kStochastic && Levels::kIntegerStochastic;
+
   I code(F x, I word) const {
+    if constexpr (kIntegerStochastic) return levels.stochastic_code(normalize(x), word);
     const Interval<V> at = levels.locate_code(normalize(x));
     return V::inc_where(at.j, round_up(at.frac, word));
   }
 
   // kernel::fake_quantize_value (the scale is valid: the drivers check it per group).
   F fake(F x, I word) const {
+    if constexpr (kIntegerStochastic)
+      return V::select(V::not_finite(x), nan, levels.value_of(levels.stochastic_code(normalize(x), word)));
     const Interval<V> at = levels.locate_code(normalize(x));
     return V::select(V::not_finite(x), nan, levels.value(at, round_up(at.frac, word)));
   }

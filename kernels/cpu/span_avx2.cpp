@@ -35,6 +35,7 @@ namespace {
 struct Avx2 {
   static constexpr int kLanes = 8;
   static constexpr int kTableMax = 16;
+  static constexpr bool kCeilToUnsigned = false;  // no conversion to uint32 before AVX-512
   // Philox lane 4q + r computes block 2r + q of the 8: see transpose.
   static constexpr uint32_t kLaneBlock[8] = {0, 2, 4, 6, 1, 3, 5, 7};
 

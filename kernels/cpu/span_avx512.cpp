@@ -72,6 +72,9 @@ struct Avx512 {
   static I mini(I a, I b) { return _mm512_min_epi32(a, b); }
   static I ori(I a, I b) { return _mm512_or_si512(a, b); }
   static I srli8(I a) { return _mm512_srli_epi32(a, 8); }
+  static I srli24(I a) { return _mm512_srli_epi32(a, 24); }
+  static constexpr bool kCeilToUnsigned = true;
+  static I cvt_ceil_u32(F a) { return _mm512_cvt_roundps_epu32(a, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC); }
   static I inc_where(I a, M m) { return _mm512_mask_add_epi32(a, m, a, _mm512_set1_epi32(1)); }
   static I select_i(M m, I a, I b) { return _mm512_mask_blend_epi32(m, b, a); }
   static I bit_where(M m, uint32_t bit) { return _mm512_maskz_mov_epi32(m, set1i(bit)); }

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import reference as ref
 import torch_zipml
 
 ISAS = ("scalar", "avx2", "avx512")
@@ -211,6 +212,28 @@ def test_unaligned_spans(rounding):
         _assert_same_bits(y, 8, rounding, granularity=granularity, levels=_codebook(200, seed=3))
     scales = torch.rand(13, 7, 1) + 0.1  # a given per-row scale, clipping some values
     _assert_same_bits(y, 3, rounding, granularity=scales)
+
+
+@pytest.mark.parametrize("isa", AVAILABLE)
+def test_stochastic_rounding_at_its_threshold(isa):
+    """Round up iff r * 2^-24 < frac, r the top 24 bits of the element's Philox word, also where frac
+    sits exactly at r * 2^-24 or one step either side: inputs a random tensor meets with probability
+    2^-24 per element, where an off-by-one in the integer comparison of the AVX-512 kernels
+    (GridLevels::stochastic_code) would show. On the 1-bit grid with scale 1, x = -1 + F * 2^-23
+    gives t = frac = F * 2^-24 exactly, so the code is 1 iff r < F."""
+    n, seed, offset = 4099, 12345, 6
+    r = ref.philox_words(seed, offset, n).astype(np.int64) >> 8
+    step = np.arange(n) % 3 - 1  # F = r - 1, r, r + 1
+    f = np.clip(r + step, 0, 1 << 24)
+    x = torch.from_numpy((-1.0 + f * 2.0**-23).astype(np.float32))
+    assert torch.equal(x.double(), torch.from_numpy(-1.0 + f * 2.0**-23))  # exact in float32
+    expected = torch.from_numpy((r < f) | (f == 1 << 24)).to(torch.uint8)  # F = 2^24: t = 1, the top level
+    assert 0 < int(expected.sum()) < n
+    assert torch_zipml.cpu_isa(isa) == isa
+    q = torch_zipml.quantize(x, 1, seed=seed, offset=offset, granularity=torch.tensor(1.0))
+    assert torch.equal(q.codes, expected)
+    fake = torch_zipml.fake_quantize(x, 1, seed=seed, offset=offset, granularity=torch.tensor(1.0))
+    assert torch.equal(fake, expected.float() * 2 - 1)
 
 
 @needs_simd
