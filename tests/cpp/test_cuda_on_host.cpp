@@ -304,8 +304,9 @@ void expect_histogram_matches_cpu(const at::Tensor& x, const at::Tensor& s, int6
 }
 
 TEST_F(CudaOnHost, LevelHistogramMatchesTheCpuAndIsTheSameForEveryGrid) {
-  // Values that clip (the range is -1 to 1, reached by many), then values within +-0.45 of the scale
-  // (the range is reached by one element each: it tests the block reductions).
+  // Values that clip (the range is -1 to 1, reached by many), then values of at most 0.45 against a
+  // scale of 0.5, none clipping (the range is reached by one element each: it tests the block
+  // reductions).
   for (auto [groups, spread] : std::vector<std::pair<int64_t, double>>{{1, 1.0}, {7, 1.0}, {1, 0.3}}) {
     const at::Tensor x = sample(kNumel, at::kFloat, 4).mul_(spread);
     const at::Tensor s = scales(groups, false);
