@@ -332,8 +332,7 @@ struct Quantizer {
 
   // kernel::fake_quantize_value (the scale is valid: the drivers check it per group).
   F fake(F x, I word) const {
-    if constexpr (kIntegerStochastic)
-      return V::select(V::not_finite(x), nan, levels.value_of(levels.stochastic_code(normalize(x), word)));
+    if constexpr (kIntegerStochastic) return V::select(V::not_finite(x), nan, levels.value_of(code(x, word)));
     const Interval<V> at = levels.locate_code(normalize(x));
     return V::select(V::not_finite(x), nan, levels.value(at, round_up(at.frac, word)));
   }
