@@ -156,12 +156,12 @@ inline void mulhilo(__m512i c, __m512i m, __m512i& hi, __m512i& lo) {
 // under key (k0, k1), in place: the sets' rounds interleave, so that the multiplies' latency hides.
 template <int kSets>
 inline void philox16(__m512i (&c)[kSets][4], uint32_t k0, uint32_t k1) {
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int32_t>(0xD2511F53u));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int32_t>(0xCD9E8D57u));
+  const __m512i m0 = _mm512_set1_epi32(static_cast<int32_t>(kernel::kPhiloxMul0));
+  const __m512i m1 = _mm512_set1_epi32(static_cast<int32_t>(kernel::kPhiloxMul1));
   for (int round = 0; round < 10; ++round) {
     if (round > 0) {
-      k0 += 0x9E3779B9u;
-      k1 += 0xBB67AE85u;
+      k0 += kernel::kPhiloxWeyl0;
+      k1 += kernel::kPhiloxWeyl1;
     }
     const __m512i key0 = _mm512_set1_epi32(static_cast<int32_t>(k0));
     const __m512i key1 = _mm512_set1_epi32(static_cast<int32_t>(k1));

@@ -2,6 +2,7 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/DispatchKey.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -54,27 +55,6 @@ std::vector<int64_t> scale_shape(const at::Tensor& x, Granularity granularity) {
   return shape;
 }
 
-at::Tensor absmax_scale(const at::Tensor& x, Granularity granularity) {
-  const std::vector<int64_t> shape = scale_shape(x, granularity);
-  const auto options = x.options().dtype(at::kFloat);
-  if (x.numel() == 0) return at::zeros(shape, options);
-  std::vector<int64_t> dims;
-  for (int64_t d = 0; d < x.dim(); ++d)
-    if (shape[d] == 1 && x.size(d) != 1) dims.push_back(d);
-  if (dims.empty()) return to_float(x.abs()).reshape(shape);
-  // max(|min x|, |max x|) in x's dtype, then rounded to float32 (max commutes with rounding). amin
-  // and amax are vectorized passes, linalg_vector_norm(inf) costs 3-10x more on CPU; a whole-tensor
-  // scale takes both extremes in one pass.
-  at::Tensor lo, hi;
-  if (std::all_of(shape.begin(), shape.end(), [](int64_t size) { return size == 1; })) {
-    std::tie(lo, hi) = at::aminmax(x);
-  } else {
-    lo = at::amin(x, dims, /*keepdim=*/true);
-    hi = at::amax(x, dims, /*keepdim=*/true);
-  }
-  return to_float(at::maximum(lo.abs(), hi.abs())).reshape(shape);
-}
-
 namespace {
 
 int64_t product(const std::vector<int64_t>& shape) {
@@ -82,6 +62,39 @@ int64_t product(const std::vector<int64_t>& shape) {
   for (int64_t s : shape) n *= s;
   return n;
 }
+
+// _absmax on any device: max(|min x|, |max x|) in x's dtype, then rounded to float32 (max commutes
+// with rounding). amin and amax are vectorized passes, linalg_vector_norm(inf) costs 3-10x more on
+// CPU; a whole-tensor scale takes both extremes in one pass. The CPU kernel reads x once.
+at::Tensor absmax_any_device(const at::Tensor& x, int64_t groups) {
+  TORCH_CHECK(groups >= 1 && x.numel() % groups == 0, "_absmax: groups must be at least 1 and divide the ",
+              x.numel(), " elements of x, got ", groups);
+  if (x.numel() == 0) return at::zeros({groups}, x.options().dtype(at::kFloat));
+  at::Tensor lo, hi;
+  if (groups == 1) {
+    std::tie(lo, hi) = at::aminmax(x);
+  } else {
+    const at::Tensor runs = x.reshape({groups, -1});
+    lo = at::amin(runs, 1);
+    hi = at::amax(runs, 1);
+  }
+  return to_float(at::maximum(lo.abs(), hi.abs())).reshape({groups});
+}
+
+}  // namespace
+
+at::Tensor absmax_scale(const at::Tensor& x, Granularity granularity) {
+  const std::vector<int64_t> shape = scale_shape(x, granularity);
+  if (x.numel() == 0) return at::zeros(shape, x.options().dtype(at::kFloat));
+  static const auto absmax = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("zipml::_absmax", "")
+                                 .typed<at::Tensor(const at::Tensor&, int64_t)>();
+  return absmax.call(x.detach(), product(shape)).reshape(shape);
+}
+
+TORCH_LIBRARY_IMPL(zipml, CompositeExplicitAutograd, m) { m.impl("_absmax", &absmax_any_device); }
+
+namespace {
 
 const char* name_of(Granularity g) {
   return g == Granularity::Tensor ? "per-tensor" : g == Granularity::Channel ? "per-channel" : "per-row";

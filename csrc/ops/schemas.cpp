@@ -58,6 +58,8 @@ TORCH_LIBRARY(zipml, m) {
   m.def(
       "_ste_mask(Tensor x, str levels, Tensor? codebook, str granularity, Tensor? scale) -> Tensor");
   m.def("_level_histogram(Tensor x, Tensor scale, int bins) -> (Tensor, Tensor)");
+  // max |x| (float32, NaN where a NaN occurs) of each of `groups` runs of consecutive elements.
+  m.def("_absmax(Tensor x, int groups) -> Tensor");
   m.def("_pack(Tensor codes, int bits) -> Tensor");
   m.def("_unpack(Tensor packed, int bits, int numel) -> Tensor");
 }

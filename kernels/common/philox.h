@@ -18,18 +18,20 @@ ZIPML_HD void philox_mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo)
   lo = static_cast<uint32_t>(p);
 }
 
-// Philox4x32 with 10 rounds. Round constants and Weyl key increments from Random123.
+// Round multipliers and Weyl key increments from Random123.
+constexpr uint32_t kPhiloxMul0 = 0xD2511F53u, kPhiloxMul1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxWeyl0 = 0x9E3779B9u, kPhiloxWeyl1 = 0xBB67AE85u;
+
+// Philox4x32 with 10 rounds.
 ZIPML_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
-  constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
-  constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
   for (int round = 0; round < 10; ++round) {
     if (round > 0) {
-      k0 += kWeyl0;
-      k1 += kWeyl1;
+      k0 += kPhiloxWeyl0;
+      k1 += kPhiloxWeyl1;
     }
     uint32_t hi0, lo0, hi1, lo1;
-    philox_mulhilo(kMul0, ctr.v[0], hi0, lo0);
-    philox_mulhilo(kMul1, ctr.v[2], hi1, lo1);
+    philox_mulhilo(kPhiloxMul0, ctr.v[0], hi0, lo0);
+    philox_mulhilo(kPhiloxMul1, ctr.v[2], hi1, lo1);
     ctr = Philox4{{hi1 ^ ctr.v[1] ^ k0, lo1, hi0 ^ ctr.v[3] ^ k1, lo0}};
   }
   return ctr;

@@ -266,6 +266,46 @@ at::Tensor dequantize_codes_cpu(const at::Tensor& codes_in, const std::optional<
   return out;
 }
 
+// ---- the max-abs scale ------------------------------------------------------------------------------
+
+constexpr int64_t kMaxAbsPiece = int64_t{1} << 16;  // elements per piece reduced by one thread
+
+// max |x| of each of `groups` runs of consecutive elements, as float32, in one read of x (amin and
+// amax take two). Each run is cut into pieces reduced in parallel, then the pieces combined.
+at::Tensor absmax_cpu(const at::Tensor& x_in, int64_t groups) {
+  const at::Tensor x = x_in.contiguous();
+  const int64_t numel = x.numel();
+  TORCH_CHECK(groups >= 1 && numel % groups == 0, "_absmax: groups must be at least 1 and divide the ", numel,
+              " elements of x, got ", groups);
+  const int64_t inner = numel / groups;
+  const int64_t per_group = std::max<int64_t>(1, (inner + kMaxAbsPiece - 1) / kMaxAbsPiece);
+  std::vector<int32_t> partial(static_cast<size_t>(groups * per_group), 0);
+  const SpanKernels& kernels = active_span_kernels();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "zipml_absmax", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const int64_t grain = std::max<int64_t>(1, kMaxAbsPiece / std::max<int64_t>(inner, 1));
+    at::parallel_for(0, groups * per_group, grain, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t group = p / per_group, piece = p % per_group;
+        const int64_t begin = group * inner + piece * kMaxAbsPiece;
+        const int64_t end = group * inner + std::min(inner, (piece + 1) * kMaxAbsPiece);
+        int32_t m = 0;
+        on_float_chunks<scalar_t>(xp, begin, end, [&](const float* xs, int64_t, int64_t n) {
+          m = kernels.max_magnitude(xs, n, m);
+        });
+        partial[p] = m;
+      }
+    });
+  });
+  at::Tensor out = at::empty({groups}, x.options().dtype(at::kFloat));
+  float* op = out.data_ptr<float>();
+  for (int64_t g = 0; g < groups; ++g) {
+    const int32_t m = *std::max_element(partial.begin() + g * per_group, partial.begin() + (g + 1) * per_group);
+    std::memcpy(op + g, &m, sizeof(m));
+  }
+  return out;
+}
+
 // ---- statistics for the variance-optimal levels ----------------------------------------------------
 
 constexpr int64_t kStage = 256;                       // values binned, then accumulated
@@ -522,6 +562,7 @@ TORCH_LIBRARY_IMPL(zipml, CPU, m) {
   m.impl("_double_sample_codes", &double_sample_codes_cpu);
   m.impl("_dequantize_codes", &dequantize_codes_cpu);
   m.impl("_level_histogram", &level_histogram_cpu);
+  m.impl("_absmax", &absmax_cpu);
   m.impl("_pack", &pack_cpu);
   m.impl("_unpack", &unpack_cpu);
 }

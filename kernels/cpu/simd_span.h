@@ -37,8 +37,8 @@ struct PhiloxStream {
     uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
     for (int round = 0; round < 10; ++round) {
       if (round > 0) {
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
+        k0 += kernel::kPhiloxWeyl0;
+        k1 += kernel::kPhiloxWeyl1;
       }
       key0[round] = V::set1i(k0);
       key1[round] = V::set1i(k1);
@@ -60,7 +60,7 @@ struct PhiloxStream {
       c2[b] = offset_lo;
       c3[b] = offset_hi;
     }
-    const I mul0 = V::set1i(0xD2511F53u), mul1 = V::set1i(0xCD9E8D57u);
+    const I mul0 = V::set1i(kernel::kPhiloxMul0), mul1 = V::set1i(kernel::kPhiloxMul1);
     for (int round = 0; round < 10; ++round) {
       for (int b = 0; b < kBatch; ++b) {
         I hi0, lo0, hi1, lo1;
@@ -554,6 +554,22 @@ bool double_sample_span(const float* x, uint8_t* index, uint8_t* up, int64_t n, 
                         const SpanParams& p) {
   if (n < kShortSpan) return scalar_span_kernels().double_sample(x, index, up, n, first, p);
   return with_levels<V, DoubleSampleOp>(p, kernel::kStochastic, x, index, up, n, first);
+}
+
+// The max-abs scale (SpanKernels::max_magnitude): four accumulators, so that the maxima of
+// consecutive vectors do not wait on each other.
+template <class V>
+int32_t max_magnitude_span(const float* x, int64_t n, int32_t m) {
+  using I = typename V::I;
+  const I magnitude = V::set1i(0x7FFFFFFFu);
+  I acc[4] = {V::set1i(0), V::set1i(0), V::set1i(0), V::set1i(0)};
+  int64_t i = 0;
+  for (; i + 4 * V::kLanes <= n; i += 4 * V::kLanes)
+    for (int r = 0; r < 4; ++r) acc[r] = V::maxi(acc[r], V::andi(V::bits(V::load(x + i + r * V::kLanes)), magnitude));
+  alignas(64) uint32_t lanes[V::kLanes];
+  V::storei(lanes, V::maxi(V::maxi(acc[0], acc[1]), V::maxi(acc[2], acc[3])));
+  for (uint32_t l : lanes) m = std::max(m, static_cast<int32_t>(l));
+  return scalar_span_kernels().max_magnitude(x + i, n - i, m);
 }
 
 }  // namespace

@@ -77,6 +77,10 @@ struct Avx2 {
   static I subi(I a, I b) { return _mm256_sub_epi32(a, b); }
   static I mini(I a, I b) { return _mm256_min_epi32(a, b); }
   static I ori(I a, I b) { return _mm256_or_si256(a, b); }
+  static I andi(I a, I b) { return _mm256_and_si256(a, b); }
+  static I maxi(I a, I b) { return _mm256_max_epi32(a, b); }
+  static I bits(F a) { return _mm256_castps_si256(a); }
+  static void storei(uint32_t* p, I v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
   static I srli8(I a) { return _mm256_srli_epi32(a, 8); }
   static I inc_where(I a, M m) { return _mm256_sub_epi32(a, _mm256_castps_si256(m)); }  // true = -1
   static I select_i(M m, I a, I b) {
@@ -144,6 +148,7 @@ bool double_sample_avx2(const float* x, uint8_t* index, uint8_t* up, int64_t n, 
                         const SpanParams& p) {
   return double_sample_span<Avx2>(x, index, up, n, first, p);
 }
+int32_t max_magnitude_avx2(const float* x, int64_t n, int32_t m) { return max_magnitude_span<Avx2>(x, n, m); }
 
 // Eight values at a time; the tails through c10's scalar conversions.
 void from_half_avx2(const c10::Half* src, float* dst, int64_t n) {
@@ -212,7 +217,8 @@ bool has_avx2_and_f16c() {
 
 const SpanKernels* avx2_span_kernels() {
 #ifdef ZIPML_HAVE_AVX2
-  static const SpanKernels kernels{"avx2", fake_quantize_avx2, quantize_avx2, double_sample_avx2};
+  static const SpanKernels kernels{"avx2", fake_quantize_avx2, quantize_avx2, double_sample_avx2,
+                                          max_magnitude_avx2};
   return has_avx2_and_f16c() ? &kernels : nullptr;
 #else
   return nullptr;

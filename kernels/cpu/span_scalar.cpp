@@ -58,7 +58,12 @@ bool double_sample_scalar(const float* x, uint8_t* index, uint8_t* up, int64_t n
   return finite;
 }
 
-const SpanKernels kScalar{"scalar", fake_quantize_scalar, quantize_scalar, double_sample_scalar};
+int32_t max_magnitude_scalar(const float* x, int64_t n, int32_t m) {
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, magnitude_bits(x[i]));
+  return m;
+}
+
+const SpanKernels kScalar{"scalar", fake_quantize_scalar, quantize_scalar, double_sample_scalar, max_magnitude_scalar};
 
 const SpanKernels& choose(const std::string& want) {
   if (want == "scalar") return kScalar;

@@ -383,3 +383,36 @@ def test_level_histogram_matches_the_reference(dtype):
     x[123456] = math.inf
     with pytest.raises(ValueError, match="NaN or Inf"):
         torch.ops.zipml._level_histogram(x, scale, bins)
+
+
+def _absmax_reference(x, groups):
+    """max(|min|, |max|) of each run of x's elements, in x's dtype, as float32: NaN where one occurs."""
+    runs = x.reshape(groups, -1)
+    return torch.maximum(runs.amin(1).abs(), runs.amax(1).abs()).float()
+
+
+@pytest.mark.parametrize("isa", AVAILABLE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_absmax_matches_the_reference(isa, dtype):
+    """The computed scale's one-pass max-abs: every run length (SIMD body and tail, runs split into
+    pieces), NaN and +-Inf in some runs only, huge and denormal values, the extreme at either sign."""
+    torch_zipml.cpu_isa(isa)
+    for groups, inner in ((1, 1), (1, 63), (5, 17), (3, 64 * 1024 + 77), (1, 3 * 64 * 1024), (1000, 3)):
+        x = _data(groups * inner, seed=inner, special=inner > 17).to(dtype)
+        x[-1] = -1.0e4 if dtype != torch.float16 else -6.0e4  # a negative extreme in the last run's tail
+        got = torch.ops.zipml._absmax(x, groups)
+        torch.testing.assert_close(got, _absmax_reference(x, groups), rtol=0, atol=0, equal_nan=True)
+    x = _data(3 * 300, seed=5).to(dtype).reshape(3, 300)
+    x[0, 7], x[1, 299], x[2, 150] = -math.inf, math.nan, 2.5  # one run each: Inf, NaN (in the tail), finite
+    want = torch.tensor([math.inf, math.nan, x[2].float().abs().max()])
+    torch.testing.assert_close(torch.ops.zipml._absmax(x, 3), want, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(torch.ops.zipml._absmax(torch.empty(0, 4, dtype=dtype), 1), torch.zeros(1))
+    with pytest.raises(RuntimeError, match="groups must be at least 1 and divide the 10 elements of x, got 3"):
+        torch.ops.zipml._absmax(torch.ones(10, dtype=dtype), 3)
+
+
+def test_absmax_off_the_cpu_is_the_two_reductions():
+    """On other devices the composite (amin and amax) gives the scale; meta tensors get its shape."""
+    x = torch.empty(6, 5, device="meta")
+    assert torch.ops.zipml._absmax(x, 6).shape == (6,)
+    assert torch_zipml.fake_quantize(x, 4, granularity="channel").shape == x.shape
