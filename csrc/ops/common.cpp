@@ -67,9 +67,10 @@ int64_t product(const std::vector<int64_t>& shape) {
 // with rounding). amin and amax are vectorized passes, linalg_vector_norm(inf) costs 3-10x more on
 // CPU; a whole-tensor scale takes both extremes in one pass. The CPU kernel reads x once.
 at::Tensor absmax_any_device(const at::Tensor& x, int64_t groups) {
-  TORCH_CHECK(groups >= 1 && x.numel() % groups == 0, "_absmax: groups must be at least 1 and divide the ",
-              x.numel(), " elements of x, got ", groups);
-  if (x.numel() == 0) return at::zeros({groups}, x.options().dtype(at::kFloat));
+  const c10::SymInt numel = x.sym_numel();  // symbolic under torch.compile's fake tensors
+  TORCH_CHECK(groups >= 1 && numel % groups == 0, "_absmax: groups must be at least 1 and divide the ", numel,
+              " elements of x, got ", groups);
+  if (numel == 0) return at::zeros({groups}, x.options().dtype(at::kFloat));
   at::Tensor lo, hi;
   if (groups == 1) {
     std::tie(lo, hi) = at::aminmax(x);

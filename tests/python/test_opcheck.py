@@ -38,6 +38,9 @@ def samples():
         (ops.optimal_levels.default, (x_((20,)), 4), {}),
         (ops.pack.default, (codes, 3), {}),
         (ops.unpack.default, (z.pack(codes, 3), 3, 37), {}),
+        # the computed scale: a CPU kernel, and a composite that must also trace with symbolic shapes
+        (ops._absmax.default, (x_(), 4), {}),
+        (ops._absmax.default, (x_(dtype=torch.bfloat16), 1), {}),
     ]
 
 
