@@ -98,11 +98,11 @@ class Bench:
         self.rows = []
         self.copy = None
 
-    def add(self, name, fn, *, slow=False, **params):
+    def add(self, name, fn, *, slow=False, bytes_per_element=BYTES_PER_ELEMENT, **params):
         reps, warmup = (max(1, min(3, self.reps)), 1) if slow else (self.reps, self.warmup)
         median, best, copy_median = timed(fn, reps, warmup, partner=self.copy)
         row = {"name": name, **params, "seconds_median": median, "seconds_min": best,
-               "gb_per_s": BYTES_PER_ELEMENT * self.numel / median / 1e9, "reps": reps}
+               "gb_per_s": bytes_per_element * self.numel / median / 1e9, "reps": reps}
         if copy_median is not None:
             row["copy_seconds_median_alongside"] = copy_median
             row["x_copy"] = copy_median / median
@@ -157,6 +157,19 @@ def main():
                                                                 seed=SEED, out=dst),
                               group="zipml", rounding=rounding, bits=bits, granularity=granularity,
                               scale=scale_source)
+
+    # The scale a call without one computes (max |x| per tensor or per channel): zipml's reads x once,
+    # as torch.aminmax does for a whole tensor; per channel torch needs amin and amax, two reads.
+    print("the computed scale alone (GB/s: 4 bytes read per element)")
+    scale_pairs = (("tensor", lambda: torch.ops.zipml._absmax(x, 1), "torch.aminmax(x)",
+                    lambda: torch.aminmax(x)),
+                   ("channel", lambda: torch.ops.zipml._absmax(channels, args.channels),
+                    "x.amin(1), x.amax(1)", lambda: (channels.amin(1), channels.amax(1))))
+    for granularity, ours, torch_name, theirs in scale_pairs:
+        bench.add(f"zipml max-abs scale, per {granularity}", ours, bytes_per_element=4, group="scale",
+                  granularity=granularity, implementation="zipml")
+        bench.add(f"torch: {torch_name}", theirs, bytes_per_element=4, group="scale", granularity=granularity,
+                  implementation="torch")
 
     print("alternatives (4 bit, per tensor, scale given)")
     for rounding in ("stochastic", "nearest"):
@@ -242,12 +255,19 @@ def main():
         "stochastic_x_copy_scale_computed_worst": worst(group="zipml", rounding="stochastic", scale="computed"),
         "nearest_x_copy_scale_computed_worst": worst(group="zipml", rounding="nearest", scale="computed"),
     }
+    for granularity in ("tensor", "channel"):
+        ours, theirs = (rows(group="scale", granularity=granularity, implementation=i)[0]["seconds_median"]
+                        for i in ("zipml", "torch"))
+        info_only[f"scale_per_{granularity}_speedup_over_torch"] = theirs / ours
     print("goals")
     for g in goals:
         print(f"  [{'met' if g['met'] else 'NOT MET'}] {g['goal']}: {g['measured']:.2f}")
     print(f"  (scale computed in the call, one extra read of x: stochastic worst "
           f"{info_only['stochastic_x_copy_scale_computed_worst']:.2f}x copy, nearest worst "
           f"{info_only['nearest_x_copy_scale_computed_worst']:.2f}x copy)")
+    print(f"  (the max-abs scale alone against torch's reductions: per tensor "
+          f"{info_only['scale_per_tensor_speedup_over_torch']:.2f}x, per channel "
+          f"{info_only['scale_per_channel_speedup_over_torch']:.2f}x)")
 
     result = {
         "benchmark": "bench/quantize.py",
@@ -256,7 +276,8 @@ def main():
         "settings": {"numel": numel, "dtype": "float32", "threads": args.threads, "reps": args.reps,
                      "warmup": args.warmup, "statistic": "median", "channels": args.channels,
                      "cpu_isa_auto": auto_isa, "bytes_per_element": BYTES_PER_ELEMENT,
-                     "bytes_note": "GB/s counts 4 bytes read + 4 bytes written per element for every row; a scale "
+                     "bytes_note": "GB/s counts 4 bytes read + 4 bytes written per element for every row but the "
+                                   "'scale' group's (4 bytes read); a scale "
                                    "computed in the call reads x once more (not counted); 'fresh output' rows "
                                    "allocate their 256 MB result per call (page faults included)"},
         "results": bench.rows,
