@@ -556,21 +556,5 @@ bool double_sample_span(const float* x, uint8_t* index, uint8_t* up, int64_t n, 
   return with_levels<V, DoubleSampleOp>(p, kernel::kStochastic, x, index, up, n, first);
 }
 
-// The max-abs scale (SpanKernels::max_magnitude): four accumulators, so that the maxima of
-// consecutive vectors do not wait on each other.
-template <class V>
-int32_t max_magnitude_span(const float* x, int64_t n, int32_t m) {
-  using I = typename V::I;
-  const I magnitude = V::set1i(0x7FFFFFFFu);
-  I acc[4] = {V::set1i(0), V::set1i(0), V::set1i(0), V::set1i(0)};
-  int64_t i = 0;
-  for (; i + 4 * V::kLanes <= n; i += 4 * V::kLanes)
-    for (int r = 0; r < 4; ++r) acc[r] = V::maxi(acc[r], V::andi(V::bits(V::load(x + i + r * V::kLanes)), magnitude));
-  alignas(64) uint32_t lanes[V::kLanes];
-  V::storei(lanes, V::maxi(V::maxi(acc[0], acc[1]), V::maxi(acc[2], acc[3])));
-  for (uint32_t l : lanes) m = std::max(m, static_cast<int32_t>(l));
-  return scalar_span_kernels().max_magnitude(x + i, n - i, m);
-}
-
 }  // namespace
 }  // namespace zipml::cpu

@@ -148,7 +148,21 @@ bool double_sample_avx2(const float* x, uint8_t* index, uint8_t* up, int64_t n, 
                         const SpanParams& p) {
   return double_sample_span<Avx2>(x, index, up, n, first, p);
 }
-int32_t max_magnitude_avx2(const float* x, int64_t n, int32_t m) { return max_magnitude_span<Avx2>(x, n, m); }
+
+// The largest magnitude_bits (span.h), for AVX-512 too (see avx512_span_kernels). Four accumulators,
+// so that the maxima of consecutive vectors do not wait on each other.
+int32_t max_magnitude_avx2(const float* x, int64_t n, int32_t m) {
+  using V = Avx2;
+  const V::I magnitude = V::set1i(0x7FFFFFFFu);
+  V::I acc[4] = {V::set1i(0), V::set1i(0), V::set1i(0), V::set1i(0)};
+  int64_t i = 0;
+  for (; i + 4 * V::kLanes <= n; i += 4 * V::kLanes)
+    for (int r = 0; r < 4; ++r) acc[r] = V::maxi(acc[r], V::andi(V::bits(V::load(x + i + r * V::kLanes)), magnitude));
+  alignas(32) uint32_t lanes[V::kLanes];
+  V::storei(lanes, V::maxi(V::maxi(acc[0], acc[1]), V::maxi(acc[2], acc[3])));
+  for (uint32_t l : lanes) m = std::max(m, static_cast<int32_t>(l));
+  return scalar_span_kernels().max_magnitude(x + i, n - i, m);
+}
 
 // Eight values at a time; the tails through c10's scalar conversions.
 void from_half_avx2(const c10::Half* src, float* dst, int64_t n) {
@@ -218,7 +232,7 @@ bool has_avx2_and_f16c() {
 const SpanKernels* avx2_span_kernels() {
 #ifdef ZIPML_HAVE_AVX2
   static const SpanKernels kernels{"avx2", fake_quantize_avx2, quantize_avx2, double_sample_avx2,
-                                          max_magnitude_avx2};
+                                   max_magnitude_avx2};
   return has_avx2_and_f16c() ? &kernels : nullptr;
 #else
   return nullptr;
