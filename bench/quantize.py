@@ -15,7 +15,9 @@ same tensor, and each instruction-set variant (scalar, AVX2, AVX-512) on the sto
 
 GB/s counts the bytes the operation must move: 4 read + 4 written per float32 element, for every
 entry alike (so "x copy" is a ratio of times). A scale computed in the call costs one more read of x
-(a max-abs pass) that the count leaves out: the "computed scale" rows show that price. Our kernels
+(a max-abs pass) that the count leaves out: the "computed scale" rows show that price, and the
+max-abs pass is also timed alone (4 bytes read per element) against torch's reductions: aminmax per
+tensor, amin and amax per channel. Our kernels
 write into a preallocated output (`out=`): a fresh 256 MB output costs page faults that dwarf the
 kernel; the alternatives have no such form and are timed as they are (compare them with clone).
 
