@@ -46,6 +46,7 @@ TORCH_LIBRARY_IMPL(zipml, CUDA, m) {
   m.impl("_double_sample_codes", &double_sample_codes<CudaDevice>);
   m.impl("_dequantize_codes", &dequantize_codes<CudaDevice>);
   m.impl("_level_histogram", &level_histogram<CudaDevice>);
+  m.impl("_absmax", &absmax<CudaDevice>);
   m.impl("_pack", &pack<CudaDevice>);
   m.impl("_unpack", &unpack<CudaDevice>);
 }

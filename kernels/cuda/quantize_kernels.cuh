@@ -3,7 +3,8 @@
 // that validate arguments and launch these kernels are in quantize_ops.cuh.
 //
 // The file uses nothing of the CUDA runtime but the language itself (thread and block indices,
-// __syncthreads, __shfl_xor_sync, atomicAdd on 64-bit integers, static and dynamic shared memory),
+// __syncthreads, __shfl_xor_sync, atomicAdd on 64-bit integers, atomicMax on 32-bit ones, static and
+// dynamic shared memory),
 // so that tests/cpp/cuda_on_host.h can compile it for the CPU and run it on machines without a GPU.
 #pragma once
 #include <cstdint>
@@ -180,6 +181,51 @@ __global__ void __launch_bounds__(kThreads) histogram_stats_kernel(const int64_t
     stats[3 * b] = static_cast<double>(bin[0]);
     stats[3 * b + 1] = fixed_to_double(bin + 1);
     stats[3 * b + 2] = fixed_to_double(bin + 1 + kFixedDigits);
+  }
+}
+
+// ---- the max-abs scale ------------------------------------------------------------------------------
+
+// Elements of a run that one block reduces at a time: a block takes whole pieces, each of one run.
+constexpr int64_t kAbsmaxPiece = 16 * kThreads;
+
+// |v| as its bit pattern (as kernels/cpu/span.h's magnitude_bits): magnitudes compare as their
+// patterns do as int32, and every NaN's pattern exceeds +Inf's.
+__device__ __forceinline__ int magnitude_bits(float v) { return __float_as_int(v) & 0x7FFFFFFF; }
+
+// Max over the block, valid in thread 0; every thread must call it, and may call it again at once.
+__device__ int block_max(int m) {
+  __shared__ int warp_max[kThreads / 32];
+  for (int delta = 16; delta > 0; delta >>= 1) {
+    const int other = __shfl_xor_sync(0xFFFFFFFFu, m, delta);
+    m = other > m ? other : m;
+  }
+  if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = m;
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) m = warp_max[w] > m ? warp_max[w] : m;
+  __syncthreads();  // warp_max is read before the next call writes it
+  return m;
+}
+
+// out[r] = the largest magnitude_bits of run r (`inner` elements), which must start at 0: the
+// maxima of its pieces meet through atomicMax, in any order. The largest pattern is the run's
+// max-abs, or a NaN where it holds one: the CPU kernel's bits.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    absmax_kernel(const T* x, int64_t inner, int64_t pieces_per_run, int64_t pieces, int* out) {
+  for (int64_t p = blockIdx.x; p < pieces; p += gridDim.x) {
+    const int64_t run = p / pieces_per_run;
+    const int64_t begin = run * inner + p % pieces_per_run * kAbsmaxPiece;
+    const int64_t run_end = (run + 1) * inner;
+    const int64_t end = begin + kAbsmaxPiece < run_end ? begin + kAbsmaxPiece : run_end;
+    int m = 0;
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+      const int v = magnitude_bits(static_cast<float>(x[i]));
+      m = v > m ? v : m;
+    }
+    m = block_max(m);
+    if (threadIdx.x == 0) atomicMax(out + run, m);
   }
 }
 

@@ -281,6 +281,30 @@ std::tuple<at::Tensor, at::Tensor> level_histogram(const at::Tensor& x_in, const
   return {stats, range};
 }
 
+// max |x| of each of `groups` runs of consecutive elements, as float32, in one read of x; NaN where a
+// run holds one, with the CPU kernel's bits (NaN payload included).
+template <class Device>
+at::Tensor absmax(const at::Tensor& x_in, int64_t groups) {
+  const typename Device::Guard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
+  const int64_t numel = x.numel();
+  TORCH_CHECK(groups >= 1 && numel % groups == 0, "_absmax: groups must be at least 1 and divide the ", numel,
+              " elements of x, got ", groups);
+  at::Tensor bits = at::zeros({groups}, x.options().dtype(at::kInt));
+  const int64_t inner = numel / groups;
+  if (inner == 0) return bits.view(at::kFloat);
+  const int64_t pieces_per_run = (inner + kAbsmaxPiece - 1) / kAbsmaxPiece;
+  const int64_t pieces = groups * pieces_per_run;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "zipml_absmax_cuda", [&] {
+    const auto kernel_fn = absmax_kernel<scalar_t>;
+    // a block per piece, up to one resident wave (grid_for counts a thread per item)
+    const int grid = grid_for<Device>(kernel_fn, pieces * kThreads);
+    Device::launch(kernel_fn, grid, kThreads, 0, x.const_data_ptr<scalar_t>(), inner, pieces_per_run, pieces,
+                   bits.mutable_data_ptr<int>());
+  });
+  return bits.view(at::kFloat);
+}
+
 template <class Device>
 at::Tensor pack(const at::Tensor& codes_in, int64_t bits) {
   const typename Device::Guard guard(codes_in.device());

@@ -16,7 +16,7 @@
 //     serves them all); it keeps its contents from block to block, so a kernel that reads one
 //     before writing it goes unnoticed here. Dynamic shared memory is a buffer per block, filled
 //     with a garbage pattern as a GPU's would hold whatever was there;
-//   * atomicAdd is an atomic read-modify-write (std::atomic_ref).
+//   * atomicAdd and atomicMax are atomic read-modify-writes (std::atomic_ref).
 //
 // Include it after every other header but kernels/cuda/*.cuh: it defines CUDA's keywords and
 // built-in variables as macros.
@@ -88,6 +88,20 @@ T shuffle_xor(unsigned mask, T value, int lane_mask) {
 
 inline unsigned long long atomic_add(unsigned long long* address, unsigned long long value) {
   return std::atomic_ref<unsigned long long>(*address).fetch_add(value);
+}
+
+inline int atomic_max(int* address, int value) {
+  std::atomic_ref<int> target(*address);
+  int seen = target.load();
+  while (seen < value && !target.compare_exchange_weak(seen, value)) {
+  }
+  return seen;
+}
+
+inline int float_as_int(float value) {
+  int bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return bits;
 }
 
 inline float int_as_float(int bits) {
@@ -218,4 +232,6 @@ struct HostDevice {
 #define __syncthreads() ::zipml::cuda_on_host::sync_threads()
 #define __shfl_xor_sync(mask, value, lane_mask) ::zipml::cuda_on_host::shuffle_xor(mask, value, lane_mask)
 #define __int_as_float(bits) ::zipml::cuda_on_host::int_as_float(bits)
+#define __float_as_int(value) ::zipml::cuda_on_host::float_as_int(value)
 #define atomicAdd(address, value) ::zipml::cuda_on_host::atomic_add(address, value)
+#define atomicMax(address, value) ::zipml::cuda_on_host::atomic_max(address, value)

@@ -49,6 +49,7 @@ using DequantizeCodes = at::Tensor(const at::Tensor&, const std::optional<at::Te
                                    const at::Tensor&, at::ScalarType);
 using LevelHistogram = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t);
 using Pack = at::Tensor(const at::Tensor&, int64_t);
+using Absmax = at::Tensor(const at::Tensor&, int64_t);
 using Unpack = at::Tensor(const at::Tensor&, int64_t, int64_t);
 
 // The emulated GPU: `multiprocessors` x `resident` blocks in a full wave, so that a grid-stride loop
@@ -284,6 +285,29 @@ TEST_F(CudaOnHost, PackAndUnpackHaveTheBytesOfTheCpuKernels) {
       EXPECT_TRUE(bitwise_equal(zipml::cuda::unpack<HostDevice>(packed, bits, numel),
                                 cpu_unpack.call(packed, bits, numel)));
     }
+}
+
+// The max-abs scale: the CPU's bits, NaN payloads included, for runs shorter than a block, runs of
+// several pieces (merged by atomicMax in whatever order the blocks finish), one block looping over
+// every piece, and runs with a NaN, an Inf or neither.
+TEST_F(CudaOnHost, AbsmaxHasTheBitsOfTheCpuKernel) {
+  const auto cpu_absmax = cpu_op<Absmax>("zipml::_absmax");
+  const std::vector<std::pair<int64_t, int64_t>> runs{{1, 1}, {1, 3 * 4096 + 5}, {7, 4099}, {40, 3}, {4, 0}};
+  for (at::ScalarType dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16})
+    for (auto [groups, inner] : runs)
+      for (auto [multiprocessors, resident] : std::vector<std::pair<int, int>>{{1, 1}, {2, 3}}) {
+        if (dtype != at::kFloat && multiprocessors == 1) continue;  // the grids once, the dtypes once
+        SCOPED_TRACE(::testing::Message() << dtype << ", " << groups << " runs of " << inner << ", grid "
+                                          << multiprocessors << " x " << resident);
+        shape(multiprocessors, resident);
+        at::Tensor x = sample(groups * inner, dtype, static_cast<uint64_t>(groups * inner), /*non_finite=*/true);
+        if (groups == 7) x[2 * inner + 10] = -INFINITY;  // run 0 has a NaN (and Infs), run 2 an Inf alone
+        EXPECT_TRUE(bitwise_equal(zipml::cuda::absmax<HostDevice>(x, groups), cpu_absmax.call(x, groups)));
+      }
+  const at::Tensor ten = at::ones({10});
+  const std::string error = error_of([&] { cpu_absmax.call(ten, 3); });
+  EXPECT_NE(error, "");
+  EXPECT_EQ(error_of([&] { zipml::cuda::absmax<HostDevice>(ten, 3); }), error);
 }
 
 // The histogram of optimal_levels: counts and range exactly as on the CPU; sums within the CPU's

@@ -27,7 +27,7 @@ SEED = 0x5EED2017
 BITS_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
              torch.bfloat16: torch.int16}
 PRIVATE_OPS = ["_fake_quantize_into", "_quantize_codes", "_double_sample_codes", "_dequantize_codes",
-               "_level_histogram", "_pack", "_unpack"]
+               "_level_histogram", "_absmax", "_pack", "_unpack"]
 
 
 def sample(shape, dtype=torch.float32, seed=0, std=3.0):
@@ -346,6 +346,18 @@ def histogram_tolerance(count, cpu_sum):
     (count - 1) 2^-53 sum|terms| <= count^2 2^-53 of the exact sum, the GPU's within count 2^-72
     plus one rounding."""
     return count * count * 2.0 ** -53 + cpu_sum.abs() * 2.0 ** -53 + count * 2.0 ** -72 + 1e-300
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_absmax_matches_cpu(dtype):
+    """The max-abs of a computed scale: runs shorter than a block, runs split into pieces, a NaN in
+    one run and an Inf in another, no elements."""
+    for groups, inner in ((1, 1), (1, 3 * 4096 + 5), (7, 4099), (1000, 3), (4, 0)):
+        x = sample((groups, inner), dtype, seed=inner)
+        if inner > 10:
+            x[0, 5], x[2, 9] = float("nan"), -float("inf")
+        assert_identical(ops._absmax(x.cuda(), groups), ops._absmax(x, groups), f"{groups} runs of {inner}")
 
 
 @needs_cuda
