@@ -63,10 +63,10 @@ int64_t product(const std::vector<int64_t>& shape) {
   return n;
 }
 
-// _absmax on the devices without a kernel of their own (CUDA, meta; the CPU's reads x once):
-// max(|min x|, |max x|) in x's dtype, then rounded to float32 (max commutes with rounding). amin and
-// amax are vectorized passes (linalg_vector_norm(inf) measured 3-10x slower on CPU), and aminmax
-// takes a whole tensor's two extremes in one pass.
+// _absmax on the devices without a kernel of their own (meta, and any but CPU and CUDA, whose kernels
+// read x once): max(|min x|, |max x|) in x's dtype, then rounded to float32 (max commutes with
+// rounding). amin and amax are vectorized passes (linalg_vector_norm(inf) measured 3-10x slower on
+// CPU), and aminmax takes a whole tensor's two extremes in one pass.
 at::Tensor absmax_any_device(const at::Tensor& x, int64_t groups) {
   const c10::SymInt numel = x.sym_numel();  // symbolic under torch.compile's fake tensors
   TORCH_CHECK(groups >= 1 && numel % groups == 0, "_absmax: groups must be at least 1 and divide the ", numel,
