@@ -229,6 +229,21 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The same for runs shorter than a block: a thread per run, which it reads whole (a warp reads the
+// 32 * inner consecutive elements of its runs).
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    absmax_short_runs_kernel(const T* x, int64_t inner, int64_t runs, int* out) {
+  for (int64_t run = first_index(); run < runs; run += grid_stride()) {
+    int m = 0;
+    for (int64_t i = run * inner; i < (run + 1) * inner; ++i) {
+      const int v = magnitude_bits(static_cast<float>(x[i]));
+      m = v > m ? v : m;
+    }
+    out[run] = m;
+  }
+}
+
 // One packed byte per thread; each thread also checks the codes that start in its bytes (every code
 // starts in exactly one byte).
 __global__ void __launch_bounds__(kThreads)

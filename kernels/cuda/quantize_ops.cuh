@@ -296,11 +296,17 @@ at::Tensor absmax(const at::Tensor& x_in, int64_t groups) {
   const int64_t pieces_per_run = (inner + kAbsmaxPiece - 1) / kAbsmaxPiece;
   const int64_t pieces = groups * pieces_per_run;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "zipml_absmax_cuda", [&] {
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    if (inner < kThreads) {  // a block per run would leave most of its threads idle
+      const auto kernel_fn = absmax_short_runs_kernel<scalar_t>;
+      Device::launch(kernel_fn, grid_for<Device>(kernel_fn, groups), kThreads, 0, xp, inner, groups,
+                     bits.mutable_data_ptr<int>());
+      return;
+    }
     const auto kernel_fn = absmax_kernel<scalar_t>;
     // a block per piece, up to one resident wave (grid_for counts a thread per item)
     const int grid = grid_for<Device>(kernel_fn, pieces * kThreads);
-    Device::launch(kernel_fn, grid, kThreads, 0, x.const_data_ptr<scalar_t>(), inner, pieces_per_run, pieces,
-                   bits.mutable_data_ptr<int>());
+    Device::launch(kernel_fn, grid, kThreads, 0, xp, inner, pieces_per_run, pieces, bits.mutable_data_ptr<int>());
   });
   return bits.view(at::kFloat);
 }

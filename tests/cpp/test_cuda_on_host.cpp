@@ -287,12 +287,14 @@ TEST_F(CudaOnHost, PackAndUnpackHaveTheBytesOfTheCpuKernels) {
     }
 }
 
-// The max-abs scale: the CPU's bits, NaN payloads included, for runs shorter than a block, runs of
-// several pieces (merged by atomicMax in whatever order the blocks finish), one block looping over
-// every piece, and runs with a NaN, an Inf or neither.
+// The max-abs scale: the CPU's bits, NaN payloads included, for runs shorter than a block (a thread
+// each, in grid-stride loops of several trips), runs of one block's length and of several pieces
+// (merged by atomicMax in whatever order the blocks finish), one block looping over every piece, and
+// runs with a NaN, an Inf or neither.
 TEST_F(CudaOnHost, AbsmaxHasTheBitsOfTheCpuKernel) {
   const auto cpu_absmax = cpu_op<Absmax>("zipml::_absmax");
-  const std::vector<std::pair<int64_t, int64_t>> runs{{1, 1}, {1, 3 * 4096 + 5}, {7, 4099}, {40, 3}, {4, 0}};
+  const std::vector<std::pair<int64_t, int64_t>> runs{{1, 1}, {1, 3 * 4096 + 5}, {7, 4099}, {3, 256}, {1500, 3},
+                                                      {4, 0}};
   for (at::ScalarType dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16})
     for (auto [groups, inner] : runs)
       for (auto [multiprocessors, resident] : std::vector<std::pair<int, int>>{{1, 1}, {2, 3}}) {
