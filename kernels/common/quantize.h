@@ -49,6 +49,15 @@ ZIPML_HD float quiet_nan() {
 
 ZIPML_HD bool is_finite(float x) { return (x < 0.0f ? -x : x) <= FLT_MAX; }
 
+// |x| as its bit pattern, an int32: magnitudes compare as their patterns do, and every NaN's pattern
+// exceeds +Inf's, so the largest pattern of a run is its max-abs, or a NaN where it holds one (the
+// max-abs scale of the CPU and CUDA kernels, the same bits on both).
+ZIPML_HD int32_t magnitude_bits(float x) {
+  uint32_t bits;
+  memcpy(&bits, &x, sizeof bits);
+  return static_cast<int32_t>(bits & 0x7FFFFFFFu);
+}
+
 // A scale is usable when finite and >= 0; anything else marks its whole group invalid.
 ZIPML_HD bool valid_scale(float s) { return s >= 0.0f && s <= FLT_MAX; }
 

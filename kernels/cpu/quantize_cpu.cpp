@@ -280,10 +280,10 @@ at::Tensor absmax_cpu(const at::Tensor& x_in, int64_t groups) {
   const int64_t inner = numel / groups;
   const int64_t per_group = std::max<int64_t>(1, (inner + kMaxAbsPiece - 1) / kMaxAbsPiece);
   std::vector<int32_t> partial(static_cast<size_t>(groups * per_group), 0);
+  const int64_t grain = std::max<int64_t>(1, kMaxAbsPiece / std::max<int64_t>(inner, 1));  // pieces per task
   const SpanKernels& kernels = active_span_kernels();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "zipml_absmax", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
-    const int64_t grain = std::max<int64_t>(1, kMaxAbsPiece / std::max<int64_t>(inner, 1));
     at::parallel_for(0, groups * per_group, grain, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t group = p / per_group, piece = p % per_group;

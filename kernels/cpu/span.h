@@ -4,7 +4,6 @@
 // exactly the bits of the scalar reference in kernels/common/quantize.h.
 #pragma once
 #include <cstdint>
-#include <cstring>
 
 #include "../common/quantize.h"
 
@@ -22,14 +21,6 @@ struct SpanParams {
   bool stream_out = false;
 };
 
-// The bit pattern of |x| as a signed integer. Magnitudes compare as their patterns do, and every
-// NaN's pattern exceeds +Inf's: the largest pattern of a run is its max-abs, or a NaN if it has one.
-inline int32_t magnitude_bits(float x) {
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof(bits));
-  return static_cast<int32_t>(bits & 0x7FFFFFFFu);
-}
-
 struct SpanKernels {
   const char* name;
   // out[i] = L[code] * scale, NaN where x is not finite. The scale is valid.
@@ -40,7 +31,7 @@ struct SpanKernels {
   // of sample 1 (bit 0, stream `offset`) and sample 2 (bit 1, stream `offset + 1`).
   bool (*double_sample)(const float* x, uint8_t* index, uint8_t* up, int64_t n, uint64_t first,
                         const SpanParams& p);
-  // The largest of m and the magnitude_bits of x[0..n).
+  // The largest of m and the kernel::magnitude_bits of x[0..n).
   int32_t (*max_magnitude)(const float* x, int64_t n, int32_t m);
 };
 

@@ -149,7 +149,7 @@ bool double_sample_avx2(const float* x, uint8_t* index, uint8_t* up, int64_t n, 
   return double_sample_span<Avx2>(x, index, up, n, first, p);
 }
 
-// The largest magnitude_bits (span.h), for AVX-512 too (see avx512_span_kernels). Four accumulators,
+// The largest kernel::magnitude_bits, for AVX-512 too (see avx512_span_kernels). Four accumulators,
 // so that the maxima of consecutive vectors do not wait on each other.
 int32_t max_magnitude_avx2(const float* x, int64_t n, int32_t m) {
   using V = Avx2;

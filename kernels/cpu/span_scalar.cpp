@@ -59,7 +59,7 @@ bool double_sample_scalar(const float* x, uint8_t* index, uint8_t* up, int64_t n
 }
 
 int32_t max_magnitude_scalar(const float* x, int64_t n, int32_t m) {
-  for (int64_t i = 0; i < n; ++i) m = std::max(m, magnitude_bits(x[i]));
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, kernel::magnitude_bits(x[i]));
   return m;
 }
 

@@ -189,10 +189,6 @@ __global__ void __launch_bounds__(kThreads) histogram_stats_kernel(const int64_t
 // Elements of a run that one block reduces at a time: a block takes whole pieces, each of one run.
 constexpr int64_t kAbsmaxPiece = 16 * kThreads;
 
-// |v| as its bit pattern (as kernels/cpu/span.h's magnitude_bits): magnitudes compare as their
-// patterns do as int32, and every NaN's pattern exceeds +Inf's.
-__device__ __forceinline__ int magnitude_bits(float v) { return __float_as_int(v) & 0x7FFFFFFF; }
-
 // Max over the block, valid in thread 0; every thread must call it, and may call it again at once.
 __device__ int block_max(int m) {
   __shared__ int warp_max[kThreads / 32];
@@ -208,7 +204,7 @@ __device__ int block_max(int m) {
   return m;
 }
 
-// out[r] = the largest magnitude_bits of run r (`inner` elements), which must start at 0: the
+// out[r] = the largest kernel::magnitude_bits of run r (`inner` elements), which must start at 0: the
 // maxima of its pieces meet through atomicMax, in any order. The largest pattern is the run's
 // max-abs, or a NaN where it holds one: the CPU kernel's bits.
 template <class T>
@@ -221,7 +217,7 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t end = begin + kAbsmaxPiece < run_end ? begin + kAbsmaxPiece : run_end;
     int m = 0;
     for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
-      const int v = magnitude_bits(static_cast<float>(x[i]));
+      const int v = kernel::magnitude_bits(static_cast<float>(x[i]));
       m = v > m ? v : m;
     }
     m = block_max(m);
@@ -237,7 +233,7 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t run = first_index(); run < runs; run += grid_stride()) {
     int m = 0;
     for (int64_t i = run * inner; i < (run + 1) * inner; ++i) {
-      const int v = magnitude_bits(static_cast<float>(x[i]));
+      const int v = kernel::magnitude_bits(static_cast<float>(x[i]));
       m = v > m ? v : m;
     }
     out[run] = m;

@@ -98,12 +98,6 @@ inline int atomic_max(int* address, int value) {
   return seen;
 }
 
-inline int float_as_int(float value) {
-  int bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  return bits;
-}
-
 inline float int_as_float(int bits) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
@@ -232,6 +226,5 @@ struct HostDevice {
 #define __syncthreads() ::zipml::cuda_on_host::sync_threads()
 #define __shfl_xor_sync(mask, value, lane_mask) ::zipml::cuda_on_host::shuffle_xor(mask, value, lane_mask)
 #define __int_as_float(bits) ::zipml::cuda_on_host::int_as_float(bits)
-#define __float_as_int(value) ::zipml::cuda_on_host::float_as_int(value)
 #define atomicAdd(address, value) ::zipml::cuda_on_host::atomic_add(address, value)
 #define atomicMax(address, value) ::zipml::cuda_on_host::atomic_max(address, value)
