@@ -43,10 +43,10 @@ struct Kernels {
   // padding row has t = 0). G has room for c1 - c0 rounded up to 64 values; c0 is a multiple of 64.
   void (*int_gemv_t)(const uint8_t* const* index, const uint8_t* const* up, const int8_t* t, int64_t nrows, int64_t c0,
                      int64_t c1, int bits, int32_t* G);
-  // Stochastic rounding of v[j] / scale on symmetric_grid(bits) for j in [begin, end), begin a
-  // multiple of 4: the core's kernel::quantize_code with the Philox word of index j in stream
-  // (seed, offset). Writes the values L[code] * scale to out_f and/or, for bits <= 8, the integer
-  // levels to out_i (either may be null). Returns the sum of the integer levels.
+  // Stochastic rounding of v[j] / scale on symmetric_grid(bits) for j in [begin, end): the core's
+  // kernel::quantize_code with element j of stream (seed, offset). Writes the values L[code] * scale
+  // to out_f and/or, for bits <= 8, the integer levels to out_i (either may be null). Returns the
+  // sum of the integer levels.
   int64_t (*quantize_symmetric)(const float* v, int64_t begin, int64_t end, float scale, int bits, uint64_t seed,
                                 uint64_t offset, float* out_f, int8_t* out_i);
   // max |v[j]| over [begin, end) (0 for an empty range).
@@ -54,13 +54,13 @@ struct Kernels {
   // out[j - c0] = L[code(j)] for features [c0, c1) of one record with uniform b-bit levels (b in
   // 1, 2, 4, 8; c0 a multiple of 64): Levels::at of the code, as the store decodes it.
   void (*decode_uniform)(const uint8_t* index, const uint8_t* up, int64_t c0, int64_t c1, int bits, float* out);
-  // out[i] = the Philox word of element index first + i in stream (seed, offset), i < n.
-  void (*philox_words)(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uint32_t* out);
+  // out[i] = kernel::philox_draw of element first + i in stream (seed, offset), i < n.
+  void (*philox_draws)(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uint16_t* out);
 };
 
 const Kernels& scalar_kernels();
 void decode_uniform_scalar(const uint8_t* index, const uint8_t* up, int64_t c0, int64_t c1, int bits, float* out);
-void philox_words_scalar(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uint32_t* out);
+void philox_draws_scalar(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uint16_t* out);
 int64_t quantize_symmetric_scalar(const float* v, int64_t begin, int64_t end, float scale, int bits, uint64_t seed,
                                   uint64_t offset, float* out_f, int8_t* out_i);
 const Kernels* avx2_kernels();    // nullptr when the build or the processor lacks AVX2

@@ -150,7 +150,7 @@ const Kernels* avx2_kernels() {
                          quantize_symmetric_scalar,
                          avx2::max_abs_impl,
                          decode_uniform_scalar,
-                         philox_words_scalar};
+                         philox_draws_scalar};
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("bmi2");
   return ok ? &k : nullptr;
 }

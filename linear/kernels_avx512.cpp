@@ -177,10 +177,10 @@ inline void philox16(__m512i (&c)[kSets][4], uint32_t k0, uint32_t k1) {
   }
 }
 
-// The Philox words of the 64 * kSets elements from j on (j a multiple of 4) of stream (seed, offset),
-// in element order: ordered[4 s + r] holds elements j + 64 s + 16 r .. + 15. False (nothing written)
-// when the 32-bit low counter word would wrap inside. Lane 4 q + r of a set computes block 4 r + q of
-// its 16, so that the in-lane 4 x 4 transpose of the unpacks below lands every word in place.
+// The Philox words j .. j + 64 kSets - 1 (j a multiple of 4) of stream (seed, offset), in order:
+// ordered[4 s + r] holds words j + 64 s + 16 r .. + 15. False (nothing written) when the 32-bit low
+// counter word would wrap inside. Lane 4 q + r of a set computes block 4 r + q of its 16, so that the
+// in-lane 4 x 4 transpose of the unpacks below lands every word in place.
 template <int kSets>
 inline bool philox_words_ordered(uint64_t seed, uint64_t offset, uint64_t j, __m512i (&ordered)[4 * kSets]) {
   const uint64_t block = j >> 2;
@@ -205,23 +205,46 @@ inline bool philox_words_ordered(uint64_t seed, uint64_t offset, uint64_t j, __m
   return true;
 }
 
-void philox_words(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uint32_t* out) {
-  int64_t i = 0;
-  // Up to the first multiple of 4, and after the last whole group of 64: the scalar loop.
-  const int64_t lead = std::min<int64_t>(n, (4 - static_cast<int64_t>(first & 3)) & 3);
-  philox_words_scalar(seed, offset, first, lead, out);
-  i = lead;
-  for (; i + 128 <= n; i += 128) {
+// The draws of elements [2 W, 2 W + 32) from the 16 words W .. W + 15 (kernel::draw_of: a word's low
+// half first), in element order as 32-bit lanes: half h = 0 gives the first 16, h = 1 the next.
+inline __m512i draws16(__m512i words, int h) {
+  return _mm512_cvtepu16_epi32(h == 0 ? _mm512_castsi512_si256(words) : _mm512_extracti64x4_epi64(words, 1));
+}
+
+// Stored as they are, the words of the elements from an even index on are their draws (little-endian).
+void philox_draws(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uint16_t* out) {
+  // Up to the first multiple of 8, and after the last whole group of 128: the scalar loop.
+  const int64_t lead = std::min<int64_t>(n, (8 - static_cast<int64_t>(first & 7)) & 7);
+  philox_draws_scalar(seed, offset, first, lead, out);
+  int64_t i = lead;
+  for (; i + 256 <= n; i += 256) {
     __m512i ordered[8];
-    if (!philox_words_ordered<2>(seed, offset, first + i, ordered)) break;
-    for (int q = 0; q < 8; ++q) _mm512_storeu_si512(out + i + 16 * q, ordered[q]);
+    if (!philox_words_ordered<2>(seed, offset, (first + i) >> 1, ordered)) break;
+    for (int q = 0; q < 8; ++q) _mm512_storeu_si512(out + i + 32 * q, ordered[q]);
   }
-  for (; i + 64 <= n; i += 64) {
+  for (; i + 128 <= n; i += 128) {
     __m512i ordered[4];
-    if (!philox_words_ordered<1>(seed, offset, first + i, ordered)) break;
-    for (int q = 0; q < 4; ++q) _mm512_storeu_si512(out + i + 16 * q, ordered[q]);
+    if (!philox_words_ordered<1>(seed, offset, (first + i) >> 1, ordered)) break;
+    for (int q = 0; q < 4; ++q) _mm512_storeu_si512(out + i + 32 * q, ordered[q]);
   }
-  philox_words_scalar(seed, offset, first + i, n - i, out + i);
+  philox_draws_scalar(seed, offset, first + i, n - i, out + i);
+}
+
+// Lanes `tie` of 16 elements from index `at`, whose draw r equals floor(frac * 2^16): kernel::round_up
+// decides them (down if frac * 2^16 is an integer, else by the element's tie word). Probability 2^-16
+// per element, so out of the loop.
+__attribute__((noinline, cold)) __mmask16 round_up_ties(uint64_t seed, uint64_t offset, int64_t at, __m512 frac,
+                                                        __m512i r, __mmask16 tie) {
+  alignas(64) float f[16];
+  alignas(64) uint32_t draw[16];
+  _mm512_store_ps(f, frac);
+  _mm512_store_si512(draw, r);
+  __mmask16 up = 0;
+  for (int i = 0; i < 16; ++i) {
+    const kernel::ElementDraw d{draw[i], seed, offset, static_cast<uint64_t>(at + i)};
+    if (((tie >> i) & 1) && kernel::round_up(f[i], kernel::kStochastic, d)) up |= static_cast<__mmask16>(1u << i);
+  }
+  return up;
 }
 
 int64_t quantize_symmetric(const float* v, int64_t begin, int64_t end, float scale, int bits, uint64_t seed,
@@ -233,18 +256,21 @@ int64_t quantize_symmetric(const float* v, int64_t begin, int64_t end, float sca
   const __m512 step = _mm512_set1_ps(grid.step()), s = _mm512_set1_ps(scale);
   const __m512i top = _mm512_set1_epi32(count - 2);
   __m512i level_sum = _mm512_setzero_si512();
-  // 16 values from v + at, with their Philox words.
-  auto quantize16 = [&](int64_t at, __m512i word) {
-    // v = clamp(x / s, -1, 1); t = (v + 1) (K - 1) / 2; j = min(trunc t, K - 2); up iff u24 < t - j
+  // 16 values from v + at, with their draws r.
+  auto quantize16 = [&](int64_t at, __m512i r) {
+    // v = clamp(x / s, -1, 1); t = (v + 1) (K - 1) / 2; j = min(trunc t, K - 2); frac = t - j in [0, 1].
     const __m512 x = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(v + at), inv), _mm512_set1_ps(-1.0f)),
                                    _mm512_set1_ps(1.0f));
     const __m512 t = _mm512_mul_ps(_mm512_add_ps(x, _mm512_set1_ps(1.0f)), half_span);
     const __m512i lower = _mm512_min_epi32(_mm512_cvttps_epi32(t), top);
     const __m512 frac = _mm512_sub_ps(t, _mm512_cvtepi32_ps(lower));
-    const __m512 u =
-        _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(word, 8)), _mm512_set1_ps(5.9604644775390625e-08f));
-    const __m512i code =
-        _mm512_mask_add_epi32(lower, _mm512_cmp_ps_mask(u, frac, _CMP_LT_OQ), lower, _mm512_set1_epi32(1));
+    // kernel::round_up in integers: up iff r < kernel::draw_threshold(frac) = floor(frac * 2^16),
+    // unless r equals it, the rare tie.
+    const __m512i floor16 = _mm512_cvttps_epi32(_mm512_mul_ps(frac, _mm512_set1_ps(65536.0f)));
+    __mmask16 up = _mm512_cmplt_epi32_mask(r, floor16);
+    const __mmask16 tie = _mm512_cmpeq_epi32_mask(r, floor16);
+    if (tie) up |= round_up_ties(seed, offset, at, frac, r, tie);
+    const __m512i code = _mm512_mask_add_epi32(lower, up, lower, _mm512_set1_epi32(1));
     if (out_f) {
       const __m512i signed_level = _mm512_sub_epi32(_mm512_add_epi32(code, code), _mm512_set1_epi32(count - 1));
       _mm512_storeu_ps(out_f + at, _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(signed_level), step), s));
@@ -253,20 +279,22 @@ int64_t quantize_symmetric(const float* v, int64_t begin, int64_t end, float sca
     level_sum = _mm512_add_epi32(level_sum, level);
     if (out_i) _mm_storeu_si128(reinterpret_cast<__m128i*>(out_i + at), _mm512_cvtepi32_epi8(level));
   };
-  int64_t j = begin;
-  for (; j + 128 <= end; j += 128) {  // two sets of counters at once
+  // Up to the first multiple of 8 (a Philox call's elements), and what the vectors leave: the scalar kernel.
+  int64_t j = std::min(end, (begin + 7) & ~int64_t{7});
+  int64_t sum = j > begin ? quantize_symmetric_scalar(v, begin, j, scale, bits, seed, offset, out_f, out_i) : 0;
+  for (; j + 256 <= end; j += 256) {  // two sets of counters at once
     __m512i ordered[8];
-    if (!philox_words_ordered<2>(seed, offset, static_cast<uint64_t>(j), ordered)) break;  // would wrap: below
-    for (int q = 0; q < 8; ++q) quantize16(j + 16 * q, ordered[q]);
+    if (!philox_words_ordered<2>(seed, offset, static_cast<uint64_t>(j) >> 1, ordered)) break;  // would wrap: below
+    for (int q = 0; q < 16; ++q) quantize16(j + 16 * q, draws16(ordered[q >> 1], q & 1));
   }
-  for (; j + 64 <= end; j += 64) {
+  while (j + 16 <= end) {  // 16 values at a time from one set (128 draws)
     __m512i ordered[4];
-    if (!philox_words_ordered<1>(seed, offset, static_cast<uint64_t>(j), ordered)) break;  // scalar below
-    for (int q = 0; q < 4; ++q) quantize16(j + 16 * q, ordered[q]);
+    if (!philox_words_ordered<1>(seed, offset, static_cast<uint64_t>(j) >> 1, ordered)) break;  // scalar below
+    for (int q = 0; q < 8 && j + 16 <= end; ++q, j += 16) quantize16(j, draws16(ordered[q >> 1], q & 1));
   }
   // |level| < 2^15 and at most 2^16 lanes' worth per call in practice; reduce in 64 bits anyway.
-  int64_t sum = _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(level_sum))) +
-                _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(level_sum, 1)));
+  sum += _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(level_sum))) +
+         _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(level_sum, 1)));
   if (j < end) sum += quantize_symmetric_scalar(v, j, end, scale, bits, seed, offset, out_f, out_i);
   return sum;
 }
@@ -288,7 +316,7 @@ const Kernels* avx512_kernels() {
                          avx512::quantize_symmetric,
                          avx512::max_abs_impl,
                          avx512::decode_uniform,
-                         avx512::philox_words};
+                         avx512::philox_draws};
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                          __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");

@@ -46,12 +46,14 @@ void decode_uniform_scalar(const uint8_t* index, const uint8_t* up, int64_t c0, 
   for (int64_t j = c0; j < c1; ++j) out[j - c0] = grid.at(scalar::code_at(index, up, ib, j));
 }
 
-void philox_words_scalar(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uint32_t* out) {
+// One Philox call holds the draws of the eight elements of block index / 8.
+void philox_draws_scalar(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uint16_t* out) {
   int64_t i = 0;
   while (i < n) {
     const uint64_t index = first + i;
-    const kernel::Philox4 block = kernel::philox_block(seed, offset, index >> 2);
-    for (unsigned lane = index & 3; lane < 4 && i < n; ++lane, ++i) out[i] = block.v[lane];
+    const kernel::Philox4 block = kernel::philox_block(seed, offset, index >> 3);
+    for (unsigned e = index & 7; e < 8 && i < n; ++e, ++i)
+      out[i] = static_cast<uint16_t>(kernel::draw_of(block.v[e >> 1], e));
   }
 }
 
@@ -63,9 +65,11 @@ int64_t quantize_symmetric_scalar(const float* v, int64_t begin, int64_t end, fl
   int64_t sum = 0;
   int64_t j = begin;
   while (j < end) {
-    const kernel::Philox4 block = kernel::philox_block(seed, offset, static_cast<uint64_t>(j) >> 2);
-    for (unsigned lane = j & 3; lane < 4 && j < end; ++lane, ++j) {
-      const int code = kernel::quantize_code(v[j], inv, grid, kernel::kStochastic, block.v[lane]);
+    const kernel::Philox4 block = kernel::philox_block(seed, offset, static_cast<uint64_t>(j) >> 3);
+    for (unsigned e = j & 7; e < 8 && j < end; ++e, ++j) {
+      const kernel::ElementDraw d{kernel::draw_of(block.v[e >> 1], e), seed, offset, static_cast<uint64_t>(j)};
+      const kernel::Interval at = kernel::locate(kernel::normalize(v[j], inv, grid), grid);
+      const int code = at.index + kernel::round_up(at.frac, kernel::kStochastic, d);
       if (out_f) out_f[j] = grid.at(code) * scale;
       if (out_i) out_i[j] = static_cast<int8_t>(code - half);
       sum += code - half;
@@ -84,7 +88,7 @@ const Kernels kKernels{"scalar",
                        quantize_symmetric_scalar,
                        max_abs_impl,
                        decode_uniform_scalar,
-                       philox_words_scalar};
+                       philox_draws_scalar};
 
 }  // namespace scalar
 

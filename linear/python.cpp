@@ -422,11 +422,11 @@ PYBIND11_MODULE(_linear, mod) {
       py::arg("store"), py::arg("copy"), py::arg("row"), py::arg("sample"), py::arg("c0"), py::arg("c1"),
       py::arg("isa") = "");
   mod.def(
-      "philox_words",
+      "philox_draws",
       [](uint64_t seed, uint64_t offset, uint64_t first, int64_t n, const std::string& isa) {
-        std::vector<uint32_t> out(n);
+        std::vector<uint16_t> out(n);
         with_isa(isa, [&](const Kernels& k) {
-          k.philox_words(seed, offset, first, n, out.data());
+          k.philox_draws(seed, offset, first, n, out.data());
           return 0;
         });
         return to_array(out);

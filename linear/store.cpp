@@ -96,7 +96,7 @@ void SampleStore::fill(const float* u, int64_t row0, int64_t row1, int slots, in
   const Kernels& k = active_kernels();
   std::vector<uint8_t> index(padded, 0), up(padded, 0);
   std::vector<float> frac(cols_);
-  std::vector<uint32_t> words(cols_);
+  std::vector<uint16_t> draws(cols_);
   for (int64_t row = row0; row < row1; ++row) {
     for (int64_t c = 0; c < cols_; ++c) {
       const kernel::Levels lv = levels_.of(c);
@@ -114,12 +114,28 @@ void SampleStore::fill(const float* u, int64_t row0, int64_t row1, int slots, in
       for (int sample = 0; sample < samples_; ++sample) {
         if (nearest_) {
           for (int64_t c = 0; c < cols_; ++c)
-            up[c] = static_cast<uint8_t>(kernel::round_up(frac[c], kernel::kNearest, 0));
+            up[c] = static_cast<uint8_t>(kernel::round_up(frac[c], kernel::kNearest, kernel::ElementDraw{}));
         } else {
           const uint64_t stream = static_cast<uint64_t>(first_realisation + slot) * samples_ + sample;
-          k.philox_words(seed_, stream, static_cast<uint64_t>(row * cols_), cols_, words.data());
-          for (int64_t c = 0; c < cols_; ++c)
-            up[c] = static_cast<uint8_t>(kernel::round_up(frac[c], kernel::kStochastic, words[c]));
+          const uint64_t first = static_cast<uint64_t>(row * cols_);
+          k.philox_draws(seed_, stream, first, cols_, draws.data());
+          // kernel::round_up in two passes, so that the first has no branch and vectorizes: the
+          // pointers, n and the int reduction keep it so (a byte store may alias the vectors' members,
+          // and GCC does not vectorize a bool reduction).
+          const float* f = frac.data();
+          const uint16_t* r = draws.data();
+          uint8_t* bit = up.data();
+          const int64_t n = cols_;
+          int ties = 0;
+          for (int64_t c = 0; c < n; ++c) {
+            const int32_t threshold = kernel::draw_threshold(f[c]);
+            bit[c] = static_cast<uint8_t>(r[c] < threshold);
+            ties |= static_cast<int>(r[c] == threshold);
+          }
+          for (int64_t c = 0; ties && c < n; ++c) {
+            const kernel::ElementDraw d{r[c], seed_, stream, first + c};
+            bit[c] = static_cast<uint8_t>(kernel::round_up(f[c], kernel::kStochastic, d));
+          }
         }
         for (int p = 0; p < panels(); ++p)
           pack_codes(up.data() + panel_begin(p), panels_[p].plane_bytes * 8, 1,

@@ -6,9 +6,9 @@
 // rounding S = 1 with the deterministic round-up bit.
 //
 // Every bit is the core's (kernels/common): v = clamp(u, L_0, L_K-1), j and frac by
-// kernel::locate, round up iff uniform24(word) < frac, where word is the Philox4x32-10 word of
-// element (row * cols + col) in stream (seed, offset = copy * S + sample). Copy c of a double-
-// sampled store therefore equals the core's double_sample(u, bits, scale=1, seed, offset=2c).
+// kernel::locate, round up by kernel::round_up with the Philox4x32-10 draw (and, in a tie, the tie
+// word) of element (row * cols + col) in stream (seed, offset = copy * S + sample). Copy c of a
+// double-sampled store therefore equals the core's double_sample(u, bits, scale=1, seed, offset=2c).
 //
 // Layout: the features are cut into panels (one by default; the integer engine asks for one per
 // thread, so that each thread streams its own bytes: linear/solver.cpp). Copies one after another;

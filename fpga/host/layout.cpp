@@ -77,14 +77,16 @@ void quantize_codes(const float* u, int64_t rows, int64_t cols, int bits, int co
         // the stream of sample s of realisation first_realisation + c, as linear/store.cpp numbers them
         const uint64_t stream = static_cast<uint64_t>(first_realisation + c) * samples + s;
         uint8_t* out = codes[s].data() + (c * rows + r) * cols;
-        kernel::Philox4 block{};
+        kernel::Philox4 block{};  // the draws of elements index & ~7 .. + 7
         for (int64_t k = 0; k < cols; ++k) {
           const uint64_t index = static_cast<uint64_t>(r * cols + k);
-          if (sampling != Sampling::Nearest && (k == 0 || (index & 3) == 0))
-            block = kernel::philox_block(seed, stream, index >> 2);
+          if (sampling != Sampling::Nearest && (k == 0 || (index & 7) == 0))
+            block = kernel::philox_block(seed, stream, index >> 3);
           const kernel::Interval& at = located[k];
+          const kernel::ElementDraw d{kernel::draw_of(block.v[(index >> 1) & 3], index), seed, stream, index};
           const int rounding = sampling == Sampling::Nearest ? kernel::kNearest : kernel::kStochastic;
-          out[k] = static_cast<uint8_t>(at.index + kernel::round_up(at.frac, rounding, block.v[index & 3]));
+          const int up = kernel::round_up(at.frac, rounding, d);
+          out[k] = static_cast<uint8_t>(at.index + up);
         }
       }
   }

@@ -16,7 +16,7 @@ int64_t lines_per_row(int bits, int64_t cols);
 // codes[s][(c rows + r) cols + k] for copies c = 0..copies-1 of realisations first_realisation + c.
 // Bit for bit the linear solvers' sample store (linear/store.h) with samples = 2: the core's
 // kernel::quantize_code (kernels/common/quantize.h) at scale 1, stochastic rounding with the
-// Philox4x32-10 word of element r cols + k in stream (seed, offset = 2 realisation + s).
+// Philox4x32-10 draw of element r cols + k in stream (seed, offset = 2 realisation + s).
 void quantize_double_sampled(const float* u, int64_t rows, int64_t cols, int bits, int copies, uint64_t seed,
                              int64_t first_realisation, std::vector<uint8_t> (&codes)[2]);
 

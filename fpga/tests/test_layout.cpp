@@ -26,6 +26,11 @@ std::vector<float> uniform_matrix(int64_t rows, int64_t cols, uint32_t seed) {
   return x;
 }
 
+// Element i of stream (seed, stream) as kernel::quantize_code reads it.
+zipml::kernel::ElementDraw element(uint64_t seed, uint64_t stream, uint64_t i) {
+  return {zipml::kernel::philox_draw(seed, stream, i), seed, stream, i};
+}
+
 TrainingData make_data(int bits, int64_t rows, int64_t cols, int copies, uint32_t seed) {
   std::mt19937 g(seed);
   TrainingData d;
@@ -113,8 +118,8 @@ TEST(Layout, ModelLinesRoundTrip) {
 }
 
 TEST(Layout, CodesAreTheCoresDoubleSampling) {
-  // The slow definition: the core's quantize_code at scale 1 with the Philox word of element
-  // r cols + k in stream 2 realisation + sample (linear/store.h with samples = 2).
+  // The slow definition: the core's quantize_code at scale 1 with element r cols + k of stream
+  // 2 realisation + sample (linear/store.h with samples = 2).
   const int64_t rows = 23, cols = 13;
   const std::vector<float> u = uniform_matrix(rows, cols, 9);
   for (int bits : {1, 2, 4, 8}) {
@@ -124,9 +129,8 @@ TEST(Layout, CodesAreTheCoresDoubleSampling) {
     for (int c = 0; c < 3; ++c)
       for (int s = 0; s < 2; ++s)
         for (int64_t i = 0; i < rows * cols; ++i) {
-          const uint32_t word =
-              zipml::kernel::philox_word(42, static_cast<uint64_t>(5 + c) * 2 + s, static_cast<uint64_t>(i));
-          const int want = zipml::kernel::quantize_code(u[i], 1.0f, levels, zipml::kernel::kStochastic, word);
+          const zipml::kernel::ElementDraw d = element(42, static_cast<uint64_t>(5 + c) * 2 + s, i);
+          const int want = zipml::kernel::quantize_code(u[i], 1.0f, levels, zipml::kernel::kStochastic, d);
           ASSERT_EQ(codes[s][c * rows * cols + i], want) << "bits " << bits << " copy " << c << " sample " << s;
         }
   }
@@ -140,11 +144,11 @@ TEST(Layout, CodesAreTheCoresDoubleSampling) {
     EXPECT_EQ(nearest[0], nearest[1]);
     for (int c = 0; c < 2; ++c)
       for (int64_t i = 0; i < rows * cols; ++i) {
-        const uint32_t word = zipml::kernel::philox_word(42, static_cast<uint64_t>(5 + c), static_cast<uint64_t>(i));
+        const zipml::kernel::ElementDraw d = element(42, static_cast<uint64_t>(5 + c), i);
         ASSERT_EQ(naive[0][c * rows * cols + i],
-                  zipml::kernel::quantize_code(u[i], 1.0f, levels, zipml::kernel::kStochastic, word));
+                  zipml::kernel::quantize_code(u[i], 1.0f, levels, zipml::kernel::kStochastic, d));
         if (c == 0) {
-          ASSERT_EQ(nearest[0][i], zipml::kernel::quantize_code(u[i], 1.0f, levels, zipml::kernel::kNearest, 0));
+          ASSERT_EQ(nearest[0][i], zipml::kernel::quantize_code(u[i], 1.0f, levels, zipml::kernel::kNearest, d));
         }
       }
   }
@@ -153,6 +157,29 @@ TEST(Layout, CodesAreTheCoresDoubleSampling) {
   bad[3] = 1.5f;
   EXPECT_THROW(quantize_double_sampled(bad.data(), rows, cols, 2, 1, 0, 0, codes), std::invalid_argument);
   EXPECT_THROW(quantize_double_sampled(u.data(), rows, cols, 3, 1, 0, 0, codes), std::invalid_argument);
+}
+
+TEST(Layout, TiedDrawsReadTheTieWord) {
+  // 1 bit, u = -1 + k 2^-23: frac = k 2^-24 exactly, and k = 256 r + m (0 < m < 256) puts frac * 2^16
+  // strictly between the draw r of the element and r + 1, so that its tie word w decides: up iff
+  // w < (m / 256) 2^32. Sample 1 of realisation 5 is built to tie.
+  const int64_t rows = 5, cols = 13, n = rows * cols;
+  const uint64_t stream = 2 * 5 + 1;
+  std::vector<float> u(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = 256 * static_cast<int64_t>(zipml::kernel::philox_draw(42, stream, i)) + 1 + i % 255;
+    u[i] = static_cast<float>(-1.0 + std::ldexp(static_cast<double>(k), -23));
+  }
+  std::vector<uint8_t> codes[2];
+  quantize_double_sampled(u.data(), rows, cols, 1, 1, 42, 5, codes);
+  int ups = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t m = 1 + i % 255;
+    ASSERT_EQ(codes[1][i], zipml::kernel::philox_tie_word(42, stream, i) < (m << 24) ? 1 : 0) << i;
+    ups += codes[1][i];
+  }
+  EXPECT_GT(ups, 0);
+  EXPECT_LT(ups, n);
 }
 
 TEST(Layout, SamplesAreUnbiasedAndIndependent) {

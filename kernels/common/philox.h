@@ -37,8 +37,8 @@ ZIPML_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
   return ctr;
 }
 
-// The random word of element `index` in stream (seed, offset). One Philox call yields the words of
-// four consecutive elements: counter = (index / 4 as 64 bits, offset as 64 bits), key = seed.
+// Word `index` of stream (seed, offset). One Philox call yields four consecutive words: counter =
+// (index / 4 as 64 bits, offset as 64 bits), key = seed.
 ZIPML_HD Philox4 philox_block(uint64_t seed, uint64_t offset, uint64_t block) {
   return philox4x32_10(Philox4{{static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32),
                                 static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32)}},
@@ -49,8 +49,20 @@ ZIPML_HD uint32_t philox_word(uint64_t seed, uint64_t offset, uint64_t index) {
   return philox_block(seed, offset, index >> 2).v[index & 3];
 }
 
-// A uniform float in [0, 1) from the top 24 bits of a word: every value k * 2^-24 is exact, so the
-// comparison u < p rounds up with probability ceil(p * 2^24) / 2^24, within 2^-24 of p.
-ZIPML_HD float uniform24(uint32_t word) { return static_cast<float>(word >> 8) * 5.9604644775390625e-08f; }
+// The 16-bit draw of element `index`: half index & 1 (the low half first) of word index / 2, so that
+// one Philox call serves eight elements.
+ZIPML_HD uint32_t draw_of(uint32_t word, uint64_t index) { return (word >> (16 * (index & 1))) & 0xFFFFu; }
+
+ZIPML_HD uint32_t philox_draw(uint64_t seed, uint64_t offset, uint64_t index) {
+  return draw_of(philox_word(seed, offset, index >> 1), index);
+}
+
+// The tie word of element `index`: word 2^63 + index of the same stream, past every draw's word.
+// Stochastic rounding reads it with probability below 2^-16 (kernel::round_up).
+constexpr uint64_t kTieWords = uint64_t{1} << 63;
+
+ZIPML_HD uint32_t philox_tie_word(uint64_t seed, uint64_t offset, uint64_t index) {
+  return philox_word(seed, offset, kTieWords | index);
+}
 
 }  // namespace zipml::kernel

@@ -10,6 +10,7 @@
 // so that every path computes the same bits.
 #pragma once
 #include <cfloat>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -92,20 +93,54 @@ ZIPML_HD Interval locate(float v, Levels levels) {
   return Interval{a, (v - levels.table[a]) / (levels.table[a + 1] - levels.table[a])};
 }
 
-ZIPML_HD int round_up(float frac, int rounding, uint32_t word) {
-  return rounding == kNearest ? (frac >= 0.5f) : (uniform24(word) < frac);
+// The randomness of one element of stream (seed, offset): its 16-bit draw r, and where its tie word
+// lies (nearest rounding reads neither).
+struct ElementDraw {
+  uint32_t r;
+  uint64_t seed, offset, index;
+
+  ZIPML_HD uint32_t tie_word() const { return philox_tie_word(seed, offset, index); }
+};
+
+// Stochastic rounding rounds up iff u < frac, for u = (r + w * 2^-32) * 2^-16 uniform on 48 bits:
+// r the element's draw, w its tie word. With f = frac * 2^16 (exact) and t = floor(f), the draw
+// decides unless r = t < f, a tie of probability below 2^-16: only then is w read. Hence half a
+// Philox word per element, and P(up) = frac exactly when frac is a multiple of 2^-48 (every float
+// frac >= 2^-24 is), within 2^-48 of it otherwise.
+
+// t = floor(frac * 2^16) clamped to [0, 2^16], a NaN fraction to 0: up iff r < t, unless r = t.
+ZIPML_HD int32_t draw_threshold(float frac) {
+  const float f = frac * 65536.0f;
+  return static_cast<int32_t>(f > 0.0f ? (f < 65536.0f ? f : 65536.0f) : 0.0f);
 }
 
-ZIPML_HD int quantize_code(float x, float inv_s, Levels levels, int rounding, uint32_t word) {
+// A tie, r = t: up iff w < ceil(rem * 2^32) for rem = f - r, exact (Sterbenz), and so is rem * 2^32
+// < 2^32; for an integer w, w < rem * 2^32 iff w < ceil(rem * 2^32). rem = 0 (or NaN) is no tie:
+// down, as r = f (or a NaN fraction) is not below.
+ZIPML_HD int tie_rounds_up(float frac, uint32_t r, uint32_t tie_word) {
+  const float rem = frac * 65536.0f - static_cast<float>(r);
+  if (!(rem > 0.0f)) return 0;
+  return static_cast<uint64_t>(tie_word) < static_cast<uint64_t>(ceilf(rem * 4294967296.0f));
+}
+
+// The branch is on the rare tie, not on the outcome: it predicts well.
+ZIPML_HD int round_up(float frac, int rounding, const ElementDraw& d) {
+  if (rounding == kNearest) return frac >= 0.5f;
+  const int32_t t = draw_threshold(frac), r = static_cast<int32_t>(d.r);
+  if (r != t) return r < t;
+  return tie_rounds_up(frac, d.r, d.tie_word());
+}
+
+ZIPML_HD int quantize_code(float x, float inv_s, Levels levels, int rounding, const ElementDraw& d) {
   const Interval at = locate(normalize(x, inv_s, levels), levels);
-  return at.index + round_up(at.frac, rounding, word);
+  return at.index + round_up(at.frac, rounding, d);
 }
 
 // quantize + dequantize in one step. Non-finite inputs and invalid scales give NaN.
 ZIPML_HD float fake_quantize_value(float x, float s, float inv_s, Levels levels, int rounding,
-                                   uint32_t word) {
+                                   const ElementDraw& d) {
   if (!is_finite(x) || !valid_scale(s)) return quiet_nan();
-  return levels.at(quantize_code(x, inv_s, levels, rounding, word)) * s;
+  return levels.at(quantize_code(x, inv_s, levels, rounding, d)) * s;
 }
 
 // Number of bits that hold an interval index of a double-sampled value: ceil(log2(K - 1)).

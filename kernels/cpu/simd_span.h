@@ -10,9 +10,13 @@
 // time and the scalar code keeps the baseline instruction set.
 //
 // V provides: kLanes, kTableMax (entries of an in-register table), kLaneBlock (the block each Philox
-// lane computes, see PhiloxStream::words), kCeilToUnsigned (V has cvt_ceil_u32 and srli24, see
-// GridLevels::stochastic_code), the vector types F (float), I (int32), M (lane mask), and the
-// operations used below.
+// lane computes, see PhiloxStream::words), the vector types F (float), I (int32), M (lane mask), and
+// the operations used below.
+//
+// Stochastic rounding decides from each element's 16-bit draw r alone, except in the rare tie of
+// kernel::round_up (r = floor(frac * 2^16), probability < 2^-16), which reads a second Philox word.
+// The vector code flags every lane that may be such a tie ("suspect": a superset), and recomputes
+// those lanes with the scalar definition before storing the vector.
 #pragma once
 
 #include <algorithm>
@@ -47,8 +51,8 @@ struct PhiloxStream {
     offset_hi = V::set1i(static_cast<uint32_t>(offset >> 32));
   }
 
-  // The words of kBatch * 4 * kLanes elements from stream index 4 * block on, in element order:
-  // out[b][stream][q] holds elements (4b + q) * kLanes .. (4b + q + 1) * kLanes - 1. Lane l of
+  // Words 4 * block .. 4 * (block + kBatch * kLanes) - 1 of the stream, in order: out[b][stream][q]
+  // holds words (4b + q) * kLanes .. (4b + q + 1) * kLanes - 1 (V::draws splits them). Lane l of
   // batch b computes block block + b * kLanes + kLaneBlock[l], chosen so that the in-lane 4x4
   // transpose of V::transpose lands every word in place without a cross-lane shuffle. A batch of
   // two gives the out-of-order core independent rounds to interleave.
@@ -116,17 +120,17 @@ struct GridLevels {
   using F = typename V::F;
   using I = typename V::I;
   using M = typename V::M;
-  static constexpr bool kIntegerStochastic = V::kCeilToUnsigned;
-  F one, half_k_minus_1, half_k_minus_1_times_2p24, step, scale;
-  I last_interval, k_minus_1, below_2p24;
+  static constexpr bool kIntegerStochastic = true;
+  F one, half_k_minus_1, half_k_minus_1_times_2p16, step, scale;
+  I last_interval, k_minus_1, low16;
   typename V::Table scaled;
 
   explicit GridLevels(const SpanParams& p) {
     const int k = p.levels.count;
     one = V::set1(1.0f);
     half_k_minus_1 = V::set1(0.5f * static_cast<float>(k - 1));
-    half_k_minus_1_times_2p24 = V::set1(0.5f * static_cast<float>(k - 1) * 16777216.0f);
-    below_2p24 = V::set1i(0xFFFFFFu);
+    half_k_minus_1_times_2p16 = V::set1(0.5f * static_cast<float>(k - 1) * 65536.0f);
+    low16 = V::set1i(0xFFFFu);
     step = V::set1(p.levels.step());
     scale = V::set1(p.scale);
     last_interval = V::set1i(static_cast<uint32_t>(k - 2));
@@ -156,15 +160,17 @@ struct GridLevels {
     return at;
   }
 
-  // The code j + up of stochastic rounding (kernel::round_up: up iff r * 2^-24 < frac, r = word >> 8)
-  // in integers, with fewer operations than locate_code and round_up. T = (v + 1) * ((K-1)/2 * 2^24)
-  // is t * 2^24 exactly (scaling by a power of two commutes with rounding), so ceil(T) = j * 2^24 +
-  // ceil(frac * 2^24); and for an integer r, r < frac * 2^24 iff r < ceil(frac * 2^24). Hence
-  // (ceil(T) - r + 2^24 - 1) >> 24 = j + up, and t = K-1 gives K-1 as locate_code does. Every
-  // intermediate lies in [0, 2^32): ceil(T) <= (K-1) * 2^24 with K <= 256.
-  I stochastic_code(F v, I word) const {
-    const I ceil_t = V::cvt_ceil_u32(V::mul(V::add(v, one), half_k_minus_1_times_2p24));
-    return V::srli24(V::addi(V::subi(ceil_t, V::srli8(word)), below_2p24));
+  // The code j + up of stochastic rounding from the draw r, in integers, with fewer operations than
+  // locate_code and round_up. T = (v + 1) * ((K-1)/2 * 2^16) is t * 2^16 exactly (scaling by a power
+  // of two commutes with rounding), so with f = frac * 2^16, ceil(T) = j * 2^16 + ceil(f); and for an
+  // integer r, r < f iff r < ceil(f). Hence D = ceil(T) - r + 2^16 - 1 gives D >> 16 = j + [r < f],
+  // kernel::round_up wherever r alone decides, and t = K-1 gives K-1 as locate_code does. A tie
+  // (r = floor(f) < f) has r = ceil(T) - 1 mod 2^16: D's low 16 bits are 0, so such lanes are
+  // suspect. Every intermediate lies in [0, 2^24): ceil(T) <= (K-1) * 2^16 with K <= 256.
+  I stochastic_code(F v, I draw, M& suspect) const {
+    const I d = V::addi(V::subi(V::cvt_ceil(V::mul(V::add(v, one), half_k_minus_1_times_2p16)), draw), low16);
+    suspect = V::or_mask(suspect, V::low16_zero(d));
+    return V::srli16(d);
   }
 
   F value(const Interval<V>& at, M up) const { return value_of(V::inc_where(at.j, up)); }
@@ -299,16 +305,24 @@ struct Quantizer {
   using I = typename V::I;
   using M = typename V::M;
   const Levels& levels;
-  F inv_scale, lo, hi, half, two_pow_minus_24, nan;
+  const SpanParams& params;
+  F inv_scale, lo, hi, half, two_pow_16, nan;
 
   Quantizer(const Levels& l, const SpanParams& p)
       : levels(l),
+        params(p),
         inv_scale(V::set1(p.inv_scale)),
         lo(V::set1(p.levels.lo())),
         hi(V::set1(p.levels.hi())),
         half(V::set1(0.5f)),
-        two_pow_minus_24(V::set1(5.9604644775390625e-08f)),
+        two_pow_16(V::set1(65536.0f)),
         nan(V::set1(kernel::quiet_nan())) {}
+
+  // Element `index` of stream offset + `stream`, for the scalar recomputation of a suspect lane.
+  kernel::ElementDraw element_draw(uint64_t index, int stream) const {
+    const uint64_t offset = params.offset + static_cast<uint64_t>(stream);
+    return kernel::ElementDraw{kernel::philox_draw(params.seed, offset, index), params.seed, offset, index};
+  }
 
   // clamp(x * (1/s), lo, hi) as kernel::normalize: max and min return their second operand when
   // the first is NaN, as the scalar ternaries do.
@@ -316,27 +330,38 @@ struct Quantizer {
 
   Interval<V> locate(F x) const { return levels.locate(normalize(x)); }
 
-  // kernel::round_up for a word of Philox output (ordered comparisons: a NaN fraction never rounds up).
-  M round_up(F frac, I word) const {
+  // kernel::round_up from the draws r: with fi = trunc(frac * 2^16), up iff r < fi, which is exact
+  // unless r = fi (suspect). A NaN fraction converts to INT_MIN: never up, never suspect.
+  M round_up(F frac, I draw, M& suspect) const {
     if constexpr (kRounding == kernel::kNearest) return V::ge(frac, half);
-    return V::lt(V::mul(V::cvt(V::srli8(word)), two_pow_minus_24), frac);
+    const I fi = V::cvtt(V::mul(frac, two_pow_16));
+    suspect = V::or_mask(suspect, V::eqi(draw, fi));
+    return V::lti(draw, fi);
   }
 
   static constexpr bool kIntegerStochastic = kRounding == kernel::kStochastic && Levels::kIntegerStochastic;
 
-  I code(F x, I word) const {
-    if constexpr (kIntegerStochastic) return levels.stochastic_code(normalize(x), word);
+  I code(F x, I draw, M& suspect) const {
+    if constexpr (kIntegerStochastic) return levels.stochastic_code(normalize(x), draw, suspect);
     const Interval<V> at = levels.locate_code(normalize(x));
-    return V::inc_where(at.j, round_up(at.frac, word));
+    return V::inc_where(at.j, round_up(at.frac, draw, suspect));
   }
 
   // kernel::fake_quantize_value (the scale is valid: the drivers check it per group).
-  F fake(F x, I word) const {
-    if constexpr (kIntegerStochastic) return V::select(V::not_finite(x), nan, levels.value_of(code(x, word)));
+  F fake(F x, I draw, M& suspect) const {
+    if constexpr (kIntegerStochastic) {
+      return V::select(V::not_finite(x), nan, levels.value_of(code(x, draw, suspect)));
+    }
     const Interval<V> at = levels.locate_code(normalize(x));
-    return V::select(V::not_finite(x), nan, levels.value(at, round_up(at.frac, word)));
+    return V::select(V::not_finite(x), nan, levels.value(at, round_up(at.frac, draw, suspect)));
   }
 };
+
+// Calls f(l) for each lane l set in `bits`.
+template <class F>
+inline void for_each_lane(unsigned bits, F&& f) {
+  for (; bits != 0; bits &= bits - 1) f(__builtin_ctz(bits));
+}
 
 // ---- span loops -----------------------------------------------------------------------------------
 
@@ -352,14 +377,14 @@ inline void prefetch_input(const float* at) {
   for (int64_t e = 0; e < kElements; e += 64 / sizeof(float)) __builtin_prefetch(at + e, 0, 3);
 }
 
-// Runs op over the n elements that start at stream index `first`, in chunks of 4 * kLanes elements
-// aligned to Philox blocks (one word vector per stream per chunk; one stream draws two chunks' at
-// once). The chunks cut by the span's ends go through the op's staging buffers; the loop between
-// them runs on the tensor in place.
+// Runs op over the n elements that start at stream index `first`, in chunks of 8 * kLanes elements
+// aligned to Philox blocks (one vector of 4 * kLanes words per stream per chunk, two draws a word;
+// one stream draws two chunks' at once). The chunks cut by the span's ends go through the op's
+// staging buffers; the loop between them runs on the tensor in place.
 template <class V, int kStreams, class Op>
 void for_each_chunk(Op& op, int64_t n, uint64_t first, const SpanParams& p) {
   using I = typename V::I;
-  constexpr int64_t kChunk = 4 * V::kLanes;
+  constexpr int64_t kChunk = 8 * V::kLanes;
   constexpr int kBatch = kStreams == 1 ? 2 : 1;
   if (n <= 0) return;
   PhiloxStream<V> streams[kStreams > 0 ? kStreams : 1];  // stream s: offset + s
@@ -367,8 +392,8 @@ void for_each_chunk(Op& op, int64_t n, uint64_t first, const SpanParams& p) {
   I words[kBatch][2][4];  // [chunk of the batch][stream][vector]
   if constexpr (kStreams == 0)  // nearest rounding draws no random words
     for (I& w : words[0][0]) w = V::set1i(0);
-  int64_t i = -static_cast<int64_t>(first & 3);  // element index of the chunk's first word
-  uint64_t block = first >> 2;
+  int64_t i = -static_cast<int64_t>(first & 7);  // element index of the chunk's first draw
+  uint64_t block = first >> 3;
   if (i < 0 || n < kChunk) {
     for (int s = 0; s < kStreams; ++s) streams[s].template words<1>(block, words, s);
     op.partial(i, -i, std::min<int64_t>(n - i, kChunk), words[0]);
@@ -390,20 +415,46 @@ void for_each_chunk(Op& op, int64_t n, uint64_t first, const SpanParams& p) {
   }
 }
 
+// Draw vector r (0..7) of a chunk from its 4 word vectors.
+template <class V>
+inline typename V::I chunk_draws(const typename V::I (&words)[4], int r) {
+  return V::draws(words[r >> 1], r & 1);
+}
+
+// Each op runs a chunk's 8 vectors on xs (element `index` of the stream first), in place or staged.
 template <class V, class Levels, int kRounding>
 struct FakeQuantizeOp {
+  using F = typename V::F;
   using I = typename V::I;
-  static constexpr int kChunk = 4 * V::kLanes;
+  using M = typename V::M;
+  static constexpr int kChunk = 8 * V::kLanes;
   const Quantizer<V, Levels, kRounding> q;
   const float* x;
   float* out;
-
+  uint64_t first;
   bool stream;
 
+  // The suspect lanes of v (elements index.. of xs) by the scalar definition.
+  __attribute__((noinline, cold)) F fix(F v, unsigned lanes, const float* xs, uint64_t index) const {
+    alignas(64) float fixed[V::kLanes];
+    V::store(fixed, v);
+    const SpanParams& p = q.params;
+    for_each_lane(lanes, [&](int l) {
+      fixed[l] = kernel::fake_quantize_value(xs[l], p.scale, p.inv_scale, p.levels, p.rounding,
+                                             q.element_draw(index + l, 0));
+    });
+    return V::load(fixed);
+  }
+
   template <bool kStream>
-  void run(const float* xs, float* os, const I (*words)[4]) const {
-    for (int r = 0; r < 4; ++r) {
-      const typename V::F v = q.fake(V::load(xs + r * V::kLanes), words[0][r]);
+  void run(const float* xs, float* os, const I (*words)[4], uint64_t index) const {
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) {
+      M suspect = V::no_lanes();
+      F v = q.fake(V::load(xs + r * V::kLanes), chunk_draws<V>(words[0], r), suspect);
+      if (const unsigned lanes = V::lane_bits(suspect); __builtin_expect(lanes != 0, 0)) {
+        v = fix(v, lanes, xs + r * V::kLanes, index + r * V::kLanes);
+      }
       if constexpr (kStream) {
         V::stream(os + r * V::kLanes, v);
       } else {
@@ -413,23 +464,23 @@ struct FakeQuantizeOp {
   }
   void chunk(int64_t i, const I (*words)[4]) const {
     if (stream && reinterpret_cast<uintptr_t>(out + i) % (V::kLanes * sizeof(float)) == 0) {
-      run<true>(x + i, out + i, words);
+      run<true>(x + i, out + i, words, first + i);
     } else {
-      run<false>(x + i, out + i, words);
+      run<false>(x + i, out + i, words, first + i);
     }
   }
   void partial(int64_t i, int64_t a, int64_t b, const I (*words)[4]) const {
     alignas(64) float xs[kChunk] = {};
     alignas(64) float os[kChunk];
     std::memcpy(xs + a, x + i + a, (b - a) * sizeof(float));
-    run<false>(xs, os, words);
+    run<false>(xs, os, words, first + i);
     std::memcpy(out + i + a, os + a, (b - a) * sizeof(float));
   }
 
   // Not inlined: each kind of levels and rounding keeps its own function and register allocation.
   __attribute__((noinline)) static bool apply(const Levels& levels, const float* x, float* out, int64_t n,
                                               uint64_t first, const SpanParams& p) {
-    FakeQuantizeOp op{Quantizer<V, Levels, kRounding>(levels, p), x, out, p.stream_out};
+    FakeQuantizeOp op{Quantizer<V, Levels, kRounding>(levels, p), x, out, first, p.stream_out};
     for_each_chunk<V, kRounding == kernel::kNearest ? 0 : 1>(op, n, first, p);
     if (op.stream) V::stream_fence();  // the streamed lines are visible before the op returns
     return true;
@@ -440,31 +491,49 @@ template <class V, class Levels, int kRounding>
 struct QuantizeOp {
   using I = typename V::I;
   using M = typename V::M;
-  static constexpr int kChunk = 4 * V::kLanes;
+  static constexpr int kChunk = 8 * V::kLanes;
   const Quantizer<V, Levels, kRounding> q;
   const float* x;
   uint8_t* codes;
+  uint64_t first;
   M finite;
 
-  void run(const float* xs, uint8_t* cs, const I (*words)[4]) {
-    for (int r = 0; r < 4; ++r) {
+  __attribute__((noinline, cold)) I fix(I code, unsigned lanes, const float* xs, uint64_t index) const {
+    alignas(64) uint32_t fixed[V::kLanes];
+    V::storei(fixed, code);
+    const SpanParams& p = q.params;
+    for_each_lane(lanes, [&](int l) {
+      fixed[l] = static_cast<uint32_t>(
+          kernel::quantize_code(xs[l], p.inv_scale, p.levels, p.rounding, q.element_draw(index + l, 0)));
+    });
+    return V::loadi(fixed);
+  }
+
+  void run(const float* xs, uint8_t* cs, const I (*words)[4], uint64_t index) {
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) {
       const typename V::F xv = V::load(xs + r * V::kLanes);
       finite = V::and_not(finite, V::not_finite(xv));
-      V::store_bytes(cs + r * V::kLanes, q.code(xv, words[0][r]));
+      M suspect = V::no_lanes();
+      I code = q.code(xv, chunk_draws<V>(words[0], r), suspect);
+      if (const unsigned lanes = V::lane_bits(suspect); __builtin_expect(lanes != 0, 0)) {
+        code = fix(code, lanes, xs + r * V::kLanes, index + r * V::kLanes);
+      }
+      V::store_bytes(cs + r * V::kLanes, code);
     }
   }
-  void chunk(int64_t i, const I (*words)[4]) { run(x + i, codes + i, words); }
+  void chunk(int64_t i, const I (*words)[4]) { run(x + i, codes + i, words, first + i); }
   void partial(int64_t i, int64_t a, int64_t b, const I (*words)[4]) {
     alignas(64) float xs[kChunk] = {};  // zeros: finite
     alignas(64) uint8_t cs[kChunk];
     std::memcpy(xs + a, x + i + a, (b - a) * sizeof(float));
-    run(xs, cs, words);
+    run(xs, cs, words, first + i);
     std::memcpy(codes + i + a, cs + a, b - a);
   }
 
   __attribute__((noinline)) static bool apply(const Levels& levels, const float* x, uint8_t* codes, int64_t n,
                                               uint64_t first, const SpanParams& p) {
-    QuantizeOp op{Quantizer<V, Levels, kRounding>(levels, p), x, codes, V::all_lanes()};
+    QuantizeOp op{Quantizer<V, Levels, kRounding>(levels, p), x, codes, first, V::all_lanes()};
     for_each_chunk<V, kRounding == kernel::kNearest ? 0 : 1>(op, n, first, p);
     return V::all(op.finite);
   }
@@ -477,37 +546,55 @@ struct DoubleSampleOp {
   using F = typename V::F;
   using I = typename V::I;
   using M = typename V::M;
-  static constexpr int kChunk = 4 * V::kLanes;
+  static constexpr int kChunk = 8 * V::kLanes;
   const Quantizer<V, Levels, kernel::kStochastic> q;
   const float* x;
   uint8_t* index;
   uint8_t* up;
+  uint64_t first;
   M finite;
 
-  void run(const float* xs, uint8_t* is, uint8_t* us, const I (*words)[4]) {
-    for (int r = 0; r < 4; ++r) {
+  __attribute__((noinline, cold)) I fix(I bits, unsigned lanes, const float* xs, uint64_t index) const {
+    alignas(64) uint32_t fixed[V::kLanes];
+    V::storei(fixed, bits);
+    const SpanParams& p = q.params;
+    for_each_lane(lanes, [&](int l) {
+      const float frac = kernel::locate(kernel::normalize(xs[l], p.inv_scale, p.levels), p.levels).frac;
+      fixed[l] = static_cast<uint32_t>(kernel::round_up(frac, kernel::kStochastic, q.element_draw(index + l, 0)) |
+                                       kernel::round_up(frac, kernel::kStochastic, q.element_draw(index + l, 1)) << 1);
+    });
+    return V::loadi(fixed);
+  }
+
+  void run(const float* xs, uint8_t* is, uint8_t* us, const I (*words)[4], uint64_t index) {
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) {
       const F xv = V::load(xs + r * V::kLanes);
       finite = V::and_not(finite, V::not_finite(xv));
-      const Interval<V> at = q.locate(xv);
-      V::store_bytes(is + r * V::kLanes, at.j);
-      const I bits = V::ori(V::bit_where(q.round_up(at.frac, words[0][r]), 1),
-                            V::bit_where(q.round_up(at.frac, words[1][r]), 2));
+      const Interval<V> iv = q.locate(xv);
+      V::store_bytes(is + r * V::kLanes, iv.j);
+      M suspect = V::no_lanes();
+      I bits = V::ori(V::bit_where(q.round_up(iv.frac, chunk_draws<V>(words[0], r), suspect), 1),
+                      V::bit_where(q.round_up(iv.frac, chunk_draws<V>(words[1], r), suspect), 2));
+      if (const unsigned lanes = V::lane_bits(suspect); __builtin_expect(lanes != 0, 0)) {
+        bits = fix(bits, lanes, xs + r * V::kLanes, index + r * V::kLanes);
+      }
       V::store_bytes(us + r * V::kLanes, bits);
     }
   }
-  void chunk(int64_t i, const I (*words)[4]) { run(x + i, index + i, up + i, words); }
+  void chunk(int64_t i, const I (*words)[4]) { run(x + i, index + i, up + i, words, first + i); }
   void partial(int64_t i, int64_t a, int64_t b, const I (*words)[4]) {
     alignas(64) float xs[kChunk] = {};
     alignas(64) uint8_t is[kChunk], us[kChunk];
     std::memcpy(xs + a, x + i + a, (b - a) * sizeof(float));
-    run(xs, is, us, words);
+    run(xs, is, us, words, first + i);
     std::memcpy(index + i + a, is + a, b - a);
     std::memcpy(up + i + a, us + a, b - a);
   }
 
   __attribute__((noinline)) static bool apply(const Levels& levels, const float* x, uint8_t* index, uint8_t* up,
                                               int64_t n, uint64_t first, const SpanParams& p) {
-    DoubleSampleOp op{Quantizer<V, Levels, kernel::kStochastic>(levels, p), x, index, up, V::all_lanes()};
+    DoubleSampleOp op{Quantizer<V, Levels, kernel::kStochastic>(levels, p), x, index, up, first, V::all_lanes()};
     for_each_chunk<V, 2>(op, n, first, p);
     return V::all(op.finite);
   }

@@ -35,7 +35,6 @@ namespace {
 struct Avx2 {
   static constexpr int kLanes = 8;
   static constexpr int kTableMax = 16;
-  static constexpr bool kCeilToUnsigned = false;  // no conversion to uint32 before AVX-512
   // Philox lane 4q + r computes block 2r + q of the 8: see transpose.
   static constexpr uint32_t kLaneBlock[8] = {0, 2, 4, 6, 1, 3, 5, 7};
 
@@ -81,14 +80,23 @@ struct Avx2 {
   static I maxi(I a, I b) { return _mm256_max_epi32(a, b); }
   static I bits(F a) { return _mm256_castps_si256(a); }
   static void storei(uint32_t* p, I v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
-  static I srli8(I a) { return _mm256_srli_epi32(a, 8); }
+  static I srli16(I a) { return _mm256_srli_epi32(a, 16); }
+  static M lti(I a, I b) { return _mm256_castsi256_ps(_mm256_cmpgt_epi32(b, a)); }
+  static M eqi(I a, I b) { return _mm256_castsi256_ps(_mm256_cmpeq_epi32(a, b)); }
+  static M low16_zero(I a) {
+    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(a, set1i(0xFFFF)), _mm256_setzero_si256()));
+  }
+  static I cvt_ceil(F a) { return _mm256_cvttps_epi32(_mm256_ceil_ps(a)); }
   static I inc_where(I a, M m) { return _mm256_sub_epi32(a, _mm256_castps_si256(m)); }  // true = -1
   static I select_i(M m, I a, I b) {
     return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(b), _mm256_castsi256_ps(a), m));
   }
   static I bit_where(M m, uint32_t bit) { return _mm256_and_si256(_mm256_castps_si256(m), set1i(bit)); }
 
+  static M no_lanes() { return _mm256_setzero_ps(); }
   static M all_lanes() { return _mm256_castsi256_ps(_mm256_set1_epi32(-1)); }
+  static M or_mask(M a, M b) { return _mm256_or_ps(a, b); }
+  static unsigned lane_bits(M m) { return static_cast<unsigned>(_mm256_movemask_ps(m)); }
   static M and_not(M a, M b) { return _mm256_andnot_ps(b, a); }
   static bool all(M m) { return _mm256_movemask_ps(m) == 0xFF; }
 
@@ -118,8 +126,15 @@ struct Avx2 {
   }
   static I xor3(I a, I b, I c) { return _mm256_xor_si256(_mm256_xor_si256(a, b), c); }
 
+  // The 16-bit draws of 8 consecutive words w (kernel::draw_of), in element order: the low half of
+  // word m is element 2m, so zero-extending the halves of w's lower (upper) 4 words gives elements
+  // 0..7 (8..15).
+  static I draws(I w, int upper) {
+    return _mm256_cvtepu16_epi32(upper ? _mm256_extracti128_si256(w, 1) : _mm256_castsi256_si128(w));
+  }
+
   // Words w0..w3 of the 8 blocks to element order. Within each 128-bit lane q the unpacks give out
-  // vector r the four words of Philox lane 4q + r, i.e. (kLaneBlock) block 2r + q: elements
+  // vector r the four words of Philox lane 4q + r, i.e. (kLaneBlock) block 2r + q: words
   // 8r + 4q .. 8r + 4q + 3, exactly lane q of out vector r.
   static void transpose(I w0, I w1, I w2, I w3, I out[4]) {
     const I t0 = _mm256_unpacklo_epi32(w0, w1), t1 = _mm256_unpackhi_epi32(w0, w1);

@@ -71,15 +71,20 @@ struct Avx512 {
   static I subi(I a, I b) { return _mm512_sub_epi32(a, b); }
   static I mini(I a, I b) { return _mm512_min_epi32(a, b); }
   static I ori(I a, I b) { return _mm512_or_si512(a, b); }
-  static I srli8(I a) { return _mm512_srli_epi32(a, 8); }
-  static I srli24(I a) { return _mm512_srli_epi32(a, 24); }
-  static constexpr bool kCeilToUnsigned = true;
-  static I cvt_ceil_u32(F a) { return _mm512_cvt_roundps_epu32(a, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC); }
+  static I srli16(I a) { return _mm512_srli_epi32(a, 16); }
+  static M lti(I a, I b) { return _mm512_cmplt_epi32_mask(a, b); }
+  static M eqi(I a, I b) { return _mm512_cmpeq_epi32_mask(a, b); }
+  static M low16_zero(I a) { return _mm512_testn_epi32_mask(a, _mm512_set1_epi32(0xFFFF)); }
+  static I cvt_ceil(F a) { return _mm512_cvt_roundps_epi32(a, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC); }
+  static void storei(uint32_t* p, I v) { _mm512_storeu_si512(p, v); }
   static I inc_where(I a, M m) { return _mm512_mask_add_epi32(a, m, a, _mm512_set1_epi32(1)); }
   static I select_i(M m, I a, I b) { return _mm512_mask_blend_epi32(m, b, a); }
   static I bit_where(M m, uint32_t bit) { return _mm512_maskz_mov_epi32(m, set1i(bit)); }
 
+  static M no_lanes() { return 0; }
   static M all_lanes() { return 0xFFFF; }
+  static M or_mask(M a, M b) { return static_cast<M>(a | b); }
+  static unsigned lane_bits(M m) { return m; }
   static M and_not(M a, M b) { return static_cast<M>(a & ~b); }
   static bool all(M m) { return m == 0xFFFF; }
 
@@ -101,8 +106,15 @@ struct Avx512 {
   }
   static I xor3(I a, I b, I c) { return _mm512_ternarylogic_epi32(a, b, c, 0x96); }
 
+  // The 16-bit draws of 16 consecutive words w (kernel::draw_of), in element order: the low half of
+  // word m is element 2m, so zero-extending the halves of w's lower (upper) 8 words gives elements
+  // 0..15 (16..31).
+  static I draws(I w, int upper) {
+    return _mm512_cvtepu16_epi32(upper ? _mm512_extracti64x4_epi64(w, 1) : _mm512_castsi512_si256(w));
+  }
+
   // Words w0..w3 of the 16 blocks to element order. Within each 128-bit lane q the unpacks give
-  // out vector r the four words of Philox lane 4q + r, i.e. (kLaneBlock) block 4r + q: elements
+  // out vector r the four words of Philox lane 4q + r, i.e. (kLaneBlock) block 4r + q: words
   // 16r + 4q .. 16r + 4q + 3, exactly lane q of out vector r.
   static void transpose(I w0, I w1, I w2, I w3, I out[4]) {
     const I t0 = _mm512_unpacklo_epi32(w0, w1), t1 = _mm512_unpackhi_epi32(w0, w1);

@@ -13,28 +13,30 @@ namespace {
 
 using kernel::philox_block;
 
-// Calls f(i, word) for the n elements starting at stream index `first`, one Philox call per four.
+// Calls f(i, draw) for the n elements starting at stream index `first` of stream (seed, offset),
+// one Philox call per eight.
 template <class F>
-inline void for_each_word(int64_t n, uint64_t first, uint64_t seed, uint64_t offset, F&& f) {
+inline void for_each_draw(int64_t n, uint64_t first, uint64_t seed, uint64_t offset, F&& f) {
   int64_t i = 0;
   while (i < n) {
     const uint64_t index = first + i;
-    const kernel::Philox4 block = philox_block(seed, offset, index >> 2);
-    for (unsigned lane = index & 3; lane < 4 && i < n; ++lane, ++i) f(i, block.v[lane]);
+    const kernel::Philox4 block = philox_block(seed, offset, index >> 3);
+    for (unsigned k = index & 7; k < 8 && i < n; ++k, ++i)
+      f(i, kernel::ElementDraw{kernel::draw_of(block.v[k >> 1], k), seed, offset, first + i});
   }
 }
 
 void fake_quantize_scalar(const float* x, float* out, int64_t n, uint64_t first, const SpanParams& p) {
-  for_each_word(n, first, p.seed, p.offset, [&](int64_t i, uint32_t word) {
-    out[i] = kernel::fake_quantize_value(x[i], p.scale, p.inv_scale, p.levels, p.rounding, word);
+  for_each_draw(n, first, p.seed, p.offset, [&](int64_t i, const kernel::ElementDraw& d) {
+    out[i] = kernel::fake_quantize_value(x[i], p.scale, p.inv_scale, p.levels, p.rounding, d);
   });
 }
 
 bool quantize_scalar(const float* x, uint8_t* codes, int64_t n, uint64_t first, const SpanParams& p) {
   bool finite = true;
-  for_each_word(n, first, p.seed, p.offset, [&](int64_t i, uint32_t word) {
+  for_each_draw(n, first, p.seed, p.offset, [&](int64_t i, const kernel::ElementDraw& d) {
     finite &= kernel::is_finite(x[i]);
-    codes[i] = static_cast<uint8_t>(kernel::quantize_code(x[i], p.inv_scale, p.levels, p.rounding, word));
+    codes[i] = static_cast<uint8_t>(kernel::quantize_code(x[i], p.inv_scale, p.levels, p.rounding, d));
   });
   return finite;
 }
@@ -45,14 +47,16 @@ bool double_sample_scalar(const float* x, uint8_t* index, uint8_t* up, int64_t n
   int64_t i = 0;
   while (i < n) {
     const uint64_t at = first + i;
-    const kernel::Philox4 b1 = philox_block(p.seed, p.offset, at >> 2);
-    const kernel::Philox4 b2 = philox_block(p.seed, p.offset + 1, at >> 2);
-    for (unsigned lane = at & 3; lane < 4 && i < n; ++lane, ++i) {
+    const kernel::Philox4 b1 = philox_block(p.seed, p.offset, at >> 3);
+    const kernel::Philox4 b2 = philox_block(p.seed, p.offset + 1, at >> 3);
+    for (unsigned k = at & 7; k < 8 && i < n; ++k, ++i) {
+      const kernel::ElementDraw d1{kernel::draw_of(b1.v[k >> 1], k), p.seed, p.offset, first + i};
+      const kernel::ElementDraw d2{kernel::draw_of(b2.v[k >> 1], k), p.seed, p.offset + 1, first + i};
       finite &= kernel::is_finite(x[i]);
       const kernel::Interval iv = kernel::locate(kernel::normalize(x[i], p.inv_scale, p.levels), p.levels);
       index[i] = static_cast<uint8_t>(iv.index);
-      up[i] = static_cast<uint8_t>(kernel::round_up(iv.frac, kernel::kStochastic, b1.v[lane]) |
-                                   kernel::round_up(iv.frac, kernel::kStochastic, b2.v[lane]) << 1);
+      up[i] = static_cast<uint8_t>(kernel::round_up(iv.frac, kernel::kStochastic, d1) |
+                                   kernel::round_up(iv.frac, kernel::kStochastic, d2) << 1);
     }
   }
   return finite;

@@ -1,6 +1,6 @@
-// The work of one CUDA thread in the quantization kernels of quantize_cuda.cu: one "item" is the
-// Philox block of four consecutive elements [4b, 4b + 4) (one Philox call yields their four
-// words), clipped to the tensor. Everything here is plain ZIPML_HD code over the per-element math of
+// The work of one CUDA thread in the quantization kernels of quantize_cuda.cu: one "item" is four
+// consecutive elements [4b, 4b + 4), clipped to the tensor, whose draws are the halves of words 2b
+// and 2b + 1 of the stream. Everything here is plain ZIPML_HD code over the per-element math of
 // kernels/common/quantize.h, so the items compute the bits of the CPU kernels, and the same code
 // can be run on the host to check the indexing without a GPU.
 #pragma once
@@ -85,10 +85,26 @@ struct QuantizeParams {
   int64_t numel;
 };
 
-// The four words of item b in stream `offset`. Nearest rounding reads no words: skip Philox.
-ZIPML_HD kernel::Philox4 item_words(const QuantizeParams& p, int64_t item, uint64_t offset) {
-  if (p.rounding != kernel::kStochastic) return kernel::Philox4{{0u, 0u, 0u, 0u}};
-  return kernel::philox_block(p.seed, offset, static_cast<uint64_t>(item));
+// The draws of item b's elements in stream `offset`: words 2b and 2b + 1 are half of Philox block
+// b / 2. Nearest rounding reads no words: skip Philox.
+struct ItemDraws {
+  kernel::ElementDraw d[4];
+};
+
+ZIPML_HD ItemDraws item_draws(const QuantizeParams& p, int64_t item, uint64_t offset) {
+  uint32_t words[2] = {0u, 0u};
+  if (p.rounding == kernel::kStochastic) {
+    const kernel::Philox4 block = kernel::philox_block(p.seed, offset, static_cast<uint64_t>(item) >> 1);
+    words[0] = block.v[2 * (item & 1)];
+    words[1] = block.v[2 * (item & 1) + 1];
+  }
+  ItemDraws draws;
+#pragma unroll
+  for (int l = 0; l < 4; ++l) {
+    const uint64_t index = static_cast<uint64_t>(item) * 4 + l;
+    draws.d[l] = kernel::ElementDraw{kernel::draw_of(words[l >> 1], index), p.seed, offset, index};
+  }
+  return draws;
 }
 
 // The input of an item as float32 (what the CPU drivers convert to before quantizing).
@@ -102,14 +118,14 @@ template <class T>
 ZIPML_HD void fake_quantize_item(const float (&v)[4], T* out, bool aligned, int64_t item, const QuantizeParams& p,
                                  ScaleCursor& cursor) {
   const int64_t first = item * 4;
-  const kernel::Philox4 w = item_words(p, item, p.offset);
+  const ItemDraws w = item_draws(p, item, p.offset);
   float r[4];
 #pragma unroll
   for (int l = 0; l < 4; ++l) {
     r[l] = 0.0f;
     if (first + l < p.numel) {
       cursor.seek(first + l, p.groups);
-      r[l] = kernel::fake_quantize_value(v[l], cursor.s, cursor.inv, p.levels, p.rounding, w.v[l]);
+      r[l] = kernel::fake_quantize_value(v[l], cursor.s, cursor.inv, p.levels, p.rounding, w.d[l]);
     }
   }
   store4(out, first, p.numel, aligned, r);
@@ -119,7 +135,7 @@ ZIPML_HD void fake_quantize_item(const float (&v)[4], T* out, bool aligned, int6
 ZIPML_HD bool quantize_item(const float (&v)[4], uint8_t* codes, bool aligned, int64_t item, const QuantizeParams& p,
                             ScaleCursor& cursor) {
   const int64_t first = item * 4;
-  const kernel::Philox4 w = item_words(p, item, p.offset);
+  const ItemDraws w = item_draws(p, item, p.offset);
   unsigned c[4];
   bool ok = true;
 #pragma unroll
@@ -128,7 +144,7 @@ ZIPML_HD bool quantize_item(const float (&v)[4], uint8_t* codes, bool aligned, i
     if (first + l < p.numel) {
       cursor.seek(first + l, p.groups);
       ok &= kernel::is_finite(v[l]) && kernel::valid_scale(cursor.s);
-      c[l] = static_cast<unsigned>(kernel::quantize_code(v[l], cursor.inv, p.levels, p.rounding, w.v[l]));
+      c[l] = static_cast<unsigned>(kernel::quantize_code(v[l], cursor.inv, p.levels, p.rounding, w.d[l]));
     }
   }
   store4(codes, first, p.numel, aligned, c);
@@ -140,8 +156,8 @@ ZIPML_HD bool quantize_item(const float (&v)[4], uint8_t* codes, bool aligned, i
 ZIPML_HD bool double_sample_item(const float (&v)[4], uint8_t* index, uint8_t* up, bool aligned, int64_t item,
                                  const QuantizeParams& p, ScaleCursor& cursor) {
   const int64_t first = item * 4;
-  const kernel::Philox4 w1 = item_words(p, item, p.offset);
-  const kernel::Philox4 w2 = item_words(p, item, p.offset + 1);
+  const ItemDraws w1 = item_draws(p, item, p.offset);
+  const ItemDraws w2 = item_draws(p, item, p.offset + 1);
   unsigned j[4], u[4];
   bool ok = true;
 #pragma unroll
@@ -152,8 +168,8 @@ ZIPML_HD bool double_sample_item(const float (&v)[4], uint8_t* index, uint8_t* u
       ok &= kernel::is_finite(v[l]) && kernel::valid_scale(cursor.s);
       const kernel::Interval at = kernel::locate(kernel::normalize(v[l], cursor.inv, p.levels), p.levels);
       j[l] = static_cast<unsigned>(at.index);
-      u[l] = static_cast<unsigned>(kernel::round_up(at.frac, kernel::kStochastic, w1.v[l]) |
-                                   kernel::round_up(at.frac, kernel::kStochastic, w2.v[l]) << 1);
+      u[l] = static_cast<unsigned>(kernel::round_up(at.frac, kernel::kStochastic, w1.d[l]) |
+                                   kernel::round_up(at.frac, kernel::kStochastic, w2.d[l]) << 1);
     }
   }
   store4(index, first, p.numel, aligned, j);

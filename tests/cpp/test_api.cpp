@@ -69,8 +69,12 @@ TEST(Api, FakeQuantizeEqualsQuantizeThenDequantize) {
             }
 }
 
-// out[i] = fake_quantize_value(x[i], s, L, rounding, philox_word(seed, offset, i)), i the element's
-// row-major position, whatever the thread count, the chunking or the CPU instruction set.
+// out[i] = fake_quantize_value(x[i], s, L, rounding, draw of element i of stream (seed, offset)), i the
+// element's row-major position, whatever the thread count, the chunking or the CPU instruction set.
+zipml::kernel::ElementDraw element_draw(uint64_t seed, uint64_t offset, uint64_t i) {
+  return zipml::kernel::ElementDraw{zipml::kernel::philox_draw(seed, offset, i), seed, offset, i};
+}
+
 at::Tensor per_element_reference(const at::Tensor& x, const zipml::QuantizedTensor& q, Rounding rounding,
                                  uint64_t seed, uint64_t offset) {
   const at::Tensor xs = x.to(at::kFloat).contiguous();
@@ -84,7 +88,7 @@ at::Tensor per_element_reference(const at::Tensor& x, const zipml::QuantizedTens
   float* op = out.data_ptr<float>();
   for (int64_t i = 0; i < xs.numel(); ++i)
     op[i] = zipml::kernel::fake_quantize_value(xp[i], sp[i], zipml::kernel::inverse_scale(sp[i]), levels, mode,
-                                               zipml::kernel::philox_word(seed, offset, uint64_t(i)));
+                                               element_draw(seed, offset, uint64_t(i)));
   return out;
 }
 
@@ -296,7 +300,7 @@ at::Tensor biased_rounding(const Subject& s, double delta, uint64_t seed, uint64
     const zipml::kernel::Interval at =
         zipml::kernel::locate(zipml::kernel::normalize(xp[i], zipml::kernel::inverse_scale(sp[i]), levels), levels);
     const float p = std::min(1.0f, at.frac + float(delta));
-    const int up = zipml::kernel::uniform24(zipml::kernel::philox_word(seed, offset, uint64_t(i))) < p;
+    const int up = zipml::kernel::round_up(p, zipml::kernel::kStochastic, element_draw(seed, offset, uint64_t(i)));
     op[i] = table[at.index + up] * sp[i];
   }
   return out;

@@ -8,6 +8,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <cmath>
 #include <optional>
 #include <string>
@@ -199,6 +201,44 @@ TEST_F(CudaOnHost, QuantizeAndDoubleSampleHaveTheCodesOfTheCpuKernels) {
         EXPECT_TRUE(bitwise_equal(up_actual, up_expected));
         ++index;
       }
+}
+
+// Inputs at stochastic rounding's ties, where the tie word decides (probability 2^-16 per element
+// in random data): on the 1-bit grid with scale 1, x = -1 + f * 2^-15 has f = frac * 2^16, set at the
+// element's draw r, one step either side, or strictly between r and r + 1.
+TEST_F(CudaOnHost, TiesOfStochasticRoundingFollowTheTieWord) {
+  namespace k = zipml::kernel;
+  const auto cpu_codes = cpu_op<QuantizeCodes>("zipml::_quantize_codes");
+  const auto cpu_double = cpu_op<DoubleSampleCodes>("zipml::_double_sample_codes");
+  constexpr uint64_t kSeed = 12345, kOffset = 6;
+  const double steps[] = {-1.0, 0.0, 1.0, 0x1p-9, 0.5, 1.0 - 0x1p-9};
+  const int64_t n = 4099;
+  at::Tensor x = at::empty({n});
+  std::vector<uint8_t> expected(n);
+  int tie_ups = 0, ties = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const k::ElementDraw d{k::philox_draw(kSeed, kOffset, uint64_t(i)), kSeed, kOffset, uint64_t(i)};
+    const double f = std::clamp(d.r + steps[i % 6], 0.0, 65536.0);
+    x[i] = float(-1.0 + f * 0x1p-15);  // exact
+    expected[i] = uint8_t(k::round_up(float(f * 0x1p-16), k::kStochastic, d));
+    if (f > d.r && f < d.r + 1.0) {
+      ++ties;
+      tie_ups += expected[i];
+    }
+  }
+  ASSERT_GT(tie_ups, 0);
+  ASSERT_LT(tie_ups, ties);
+  const at::Tensor s = at::ones({1});
+  const at::Tensor codes = zipml::cuda::quantize_codes<HostDevice>(x, s, std::nullopt, 2, kStochastic, kSeed, kOffset);
+  EXPECT_TRUE(bitwise_equal(codes, at::from_blob(expected.data(), {n}, at::kByte)));
+  EXPECT_TRUE(bitwise_equal(codes, cpu_codes.call(x, s, std::nullopt, 2, kStochastic, kSeed, kOffset)));
+  const at::Tensor book = at::tensor({-1.0f, 1.0f});
+  EXPECT_TRUE(bitwise_equal(zipml::cuda::quantize_codes<HostDevice>(x, s, book, 2, kStochastic, kSeed, kOffset), codes));
+  const auto [index_actual, up_actual] = zipml::cuda::double_sample_codes<HostDevice>(x, s, std::nullopt, 2, kSeed, kOffset);
+  const auto [index_expected, up_expected] = cpu_double.call(x, s, std::nullopt, 2, kSeed, kOffset);
+  EXPECT_TRUE(bitwise_equal(index_actual, index_expected));
+  EXPECT_TRUE(bitwise_equal(up_actual, up_expected));
+  EXPECT_TRUE(bitwise_equal(up_actual.bitwise_and(1), codes));
 }
 
 // The message of the error `call` raises, or "" if it raises none.

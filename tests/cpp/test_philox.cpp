@@ -86,17 +86,23 @@ TEST(Philox, StreamsDifferBySeedAndOffset) {
   EXPECT_LE(same_offset, 1);
 }
 
-// uniform24 maps the top 24 bits to k * 2^-24 exactly: [0, 1), monotone, low byte ignored.
-TEST(Philox, Uniform24IsExactTop24Bits) {
-  EXPECT_EQ(zipml::kernel::uniform24(0u), 0.0f);
-  EXPECT_EQ(zipml::kernel::uniform24(0xffu), 0.0f);
-  EXPECT_EQ(zipml::kernel::uniform24(0x100u), std::ldexp(1.0f, -24));
-  EXPECT_EQ(zipml::kernel::uniform24(0xffffffffu), 1.0f - std::ldexp(1.0f, -24));
-  std::mt19937 gen(3);
-  for (int t = 0; t < 10000; ++t) {
-    const uint32_t w = uint32_t(gen());
-    ASSERT_EQ(double(zipml::kernel::uniform24(w)), std::ldexp(double(w >> 8), -24));
-  }
+// Element i draws the low (i even) or high (i odd) 16 bits of word i / 2, and its tie word is word
+// 2^63 + i: for i < 2^63 the two never share a Philox block.
+TEST(Philox, DrawsAndTieWordsOfEachElement) {
+  const uint64_t indices[] = {0, 1, 2, 7, 8, 1000003, (1ULL << 34) + 5, (1ULL << 63) - 1};
+  const uint64_t seeds[] = {0, 0x0123456789abcdefULL}, offsets[] = {0, 0xfedcba9876543210ULL};
+  for (uint64_t seed : seeds)
+    for (uint64_t offset : offsets)
+      for (uint64_t i : indices) {
+        auto word = [&](uint64_t w) {
+          const uint64_t block = w / 4;
+          return zipml::reference::philox4x32(
+              {uint32_t(block), uint32_t(block >> 32), uint32_t(offset), uint32_t(offset >> 32)},
+              {uint32_t(seed), uint32_t(seed >> 32)}, 10)[w % 4];
+        };
+        EXPECT_EQ(zipml::kernel::philox_draw(seed, offset, i), (word(i / 2) >> (i % 2 ? 16 : 0)) & 0xFFFFu) << i;
+        EXPECT_EQ(zipml::kernel::philox_tie_word(seed, offset, i), word((1ULL << 63) + i)) << i;
+      }
 }
 
 }  // namespace

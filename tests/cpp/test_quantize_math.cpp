@@ -1,7 +1,7 @@
 // The per-element arithmetic of kernels/common/quantize.h against a naive reference: levels,
 // normalisation, the interval search (arithmetic for the uniform grid, binary search for a table),
 // nearest rounding = argmin, and the exact round-up probability of stochastic rounding, which makes
-// E[L_code] = v up to the 2^-24 resolution of the uniform draw (ZipML, Section 2).
+// E[L_code] = v up to the 2^-48 resolution of the uniform draw (ZipML, Section 2).
 #include <gtest/gtest.h>
 
 #include <cfloat>
@@ -51,11 +51,27 @@ std::vector<float> probe_values(const std::vector<double>& L, std::mt19937& gen)
   return v;
 }
 
-// Count of round-ups over every distinct uniform24 draw (the top 24 bits of the word).
-int64_t round_ups_over_all_draws(float frac) {
-  int64_t ups = 0;
-  for (uint32_t top = 0; top < (1u << 24); ++top) ups += k::round_up(frac, k::kStochastic, top << 8);
-  return ups;
+// Round-ups over every (draw r, tie word w), times 2^-48. With f = frac * 2^16 in float64: every draw
+// but the tie floor(f) (when f is not an integer) decides alone, and the tie rounds up for the tie
+// words below c = ceil((f - floor f) * 2^32), checked on both sides of c.
+double round_up_probability(float frac) {
+  const double f = double(frac) * 65536.0;
+  const bool has_tie = f == f && f != std::floor(f);
+  const uint32_t tie = has_tie ? uint32_t(std::floor(f)) : UINT32_MAX;
+  int64_t decided = 0;
+  for (uint32_t r = 0; r < (1u << 16); ++r)
+    if (r != tie) decided += k::round_up(frac, k::kStochastic, k::ElementDraw{r});
+  uint64_t c = 0;
+  if (has_tie) {
+    c = uint64_t(std::ceil((f - tie) * 4294967296.0));
+    EXPECT_GT(c, 0u);
+    EXPECT_LT(c, uint64_t{1} << 32);
+    EXPECT_EQ(k::tie_rounds_up(frac, tie, uint32_t(c - 1)), 1) << "frac " << frac;
+    EXPECT_EQ(k::tie_rounds_up(frac, tie, uint32_t(c)), 0) << "frac " << frac;
+    EXPECT_EQ(k::tie_rounds_up(frac, tie, 0u), 1);
+    EXPECT_EQ(k::tie_rounds_up(frac, tie, UINT32_MAX), 0);
+  }
+  return std::ldexp(double(decided) * 4294967296.0 + double(c), -48);
 }
 
 TEST(QuantizeMath, UniformGridEndpointsAndSpacing) {
@@ -148,7 +164,7 @@ TEST(QuantizeMath, NearestRoundingIsArgmin) {
       const k::Levels levels{uniform ? nullptr : table.data(), count};
       const std::vector<double> L = levels_as_double(levels);
       for (float v : probe_values(L, gen)) {
-        const int code = k::quantize_code(v, 1.0f, levels, k::kNearest, 0u);
+        const int code = k::quantize_code(v, 1.0f, levels, k::kNearest, k::ElementDraw{});
         const int best = zipml::reference::nearest_level(v, L);
         if (code == best) continue;
         const double gap = std::abs(std::abs(L[code] - v) - std::abs(L[best] - v));
@@ -157,17 +173,35 @@ TEST(QuantizeMath, NearestRoundingIsArgmin) {
     }
   }
   const float table[] = {-1.0f, 0.0f, 1.0f};
-  EXPECT_EQ(k::quantize_code(0.5f, 1.0f, k::Levels{table, 3}, k::kNearest, 0u), 2) << "ties round up";
-  EXPECT_EQ(k::quantize_code(-0.5f, 1.0f, k::Levels{table, 3}, k::kNearest, 0u), 1) << "ties round up";
+  EXPECT_EQ(k::quantize_code(0.5f, 1.0f, k::Levels{table, 3}, k::kNearest, k::ElementDraw{}), 2) << "ties round up";
+  EXPECT_EQ(k::quantize_code(-0.5f, 1.0f, k::Levels{table, 3}, k::kNearest, k::ElementDraw{}), 1) << "ties round up";
 }
 
-// Over all 2^24 distinct draws, stochastic rounding rounds up exactly ceil(frac * 2^24) times: the
-// probability is frac to within 2^-24.
+// Over all 2^48 (draw, tie word) pairs, stochastic rounding rounds up exactly ceil(frac * 2^48) times:
+// the probability is frac itself for every float frac >= 2^-24, and within 2^-48 of it below.
 TEST(QuantizeMath, StochasticRoundUpProbabilityIsFrac) {
-  for (float frac : {0.0f, 1e-7f, 0.25f, 0.3f, 0.5f, 0.7071f, 1.0f - 1e-7f, 1.0f}) {
-    const int64_t ups = round_ups_over_all_draws(frac);
-    EXPECT_EQ(ups, int64_t(std::ceil(double(frac) * (1 << 24)))) << "frac " << frac;
+  for (float frac : {0.0f, 1e-30f, 1e-7f, 0.25f, 0.3f, 0.5f, std::nextafter(0.5f, 0.0f), 0.7071f,
+                     1.0f - 1e-7f, 1.0f}) {
+    EXPECT_EQ(round_up_probability(frac), std::ldexp(std::ceil(std::ldexp(double(frac), 48)), -48)) << frac;
+    if (frac >= std::ldexp(1.0f, -24)) EXPECT_EQ(round_up_probability(frac), double(frac)) << frac;
   }
+  EXPECT_EQ(round_up_probability(std::numeric_limits<float>::quiet_NaN()), 0.0) << "NaN never rounds up";
+}
+
+// The tie word of element i is word 2^63 + i of its stream, and decides exactly the ties.
+TEST(QuantizeMath, TieWordDecidesTies) {
+  int ups = 0;
+  for (uint64_t i = 0; i < 2000; ++i) {
+    const k::ElementDraw d{k::philox_draw(5, 9, i), 5, 9, i};
+    EXPECT_EQ(d.tie_word(), k::philox_word(5, 9, (uint64_t{1} << 63) + i));
+    const float tie = (float(d.r) + 0.5f) * std::ldexp(1.0f, -16);  // halfway: up iff w < 2^31
+    ASSERT_EQ(k::round_up(tie, k::kStochastic, d), int(d.tie_word() < (1u << 31))) << i;
+    ups += k::round_up(tie, k::kStochastic, d);
+    if (d.r > 0) EXPECT_EQ(k::round_up(float(d.r) * std::ldexp(1.0f, -16), k::kStochastic, d), 0);
+    EXPECT_EQ(k::round_up(float(d.r + 1) * std::ldexp(1.0f, -16), k::kStochastic, d), 1);
+  }
+  EXPECT_GT(ups, 900);  // Binomial(2000, 1/2): 1000 +- 22
+  EXPECT_LT(ups, 1100);
 }
 
 // Hence E[L_code] = v, computed exactly (no sampling) from the round-up probability.
@@ -180,37 +214,38 @@ TEST(QuantizeMath, StochasticRoundingExpectationIsTheValue) {
       const std::vector<double> L = levels_as_double(levels);
       for (float v : probe_values(L, gen)) {
         const k::Interval at = k::locate(k::normalize(v, 1.0f, levels), levels);
-        const double p_up = std::ceil(double(at.frac) * (1 << 24)) / (1 << 24);
+        const double p_up = std::ldexp(std::ceil(std::ldexp(double(at.frac), 48)), -48);
         const double expectation = L[at.index] + p_up * (L[at.index + 1] - L[at.index]);
         const double width = L[at.index + 1] - L[at.index];
-        ASSERT_NEAR(expectation, v, width * std::ldexp(1.0, -24) + 4e-7) << "K=" << count << " v=" << v;
+        ASSERT_NEAR(expectation, v, width * std::ldexp(1.0, -48) + 4e-7) << "K=" << count << " v=" << v;
       }
     }
   }
 }
 
-// The code follows the word: up iff uniform24(word) < frac; nearest ignores the word.
-TEST(QuantizeMath, CodeFollowsTheRandomWord) {
+// The code follows the draw: up iff r * 2^-16 < frac (f = frac * 2^16 an integer: no tie); nearest
+// ignores it.
+TEST(QuantizeMath, CodeFollowsTheRandomDraw) {
   const k::Levels grid{nullptr, 4};  // levels -1, -1/3, 1/3, 1
   const float v = 0.0f;              // interval 1, frac 1/2
-  EXPECT_EQ(k::quantize_code(v, 1.0f, grid, k::kStochastic, 0x7fffff00u), 1 + 1);
-  EXPECT_EQ(k::quantize_code(v, 1.0f, grid, k::kStochastic, 0x80000000u), 1);
-  EXPECT_EQ(k::quantize_code(v, 1.0f, grid, k::kNearest, 0xffffffffu), 2);
-  EXPECT_EQ(k::quantize_code(v, 1.0f, grid, k::kNearest, 0u), 2);
+  EXPECT_EQ(k::quantize_code(v, 1.0f, grid, k::kStochastic, k::ElementDraw{0x7fffu}), 1 + 1);
+  EXPECT_EQ(k::quantize_code(v, 1.0f, grid, k::kStochastic, k::ElementDraw{0x8000u}), 1);
+  EXPECT_EQ(k::quantize_code(v, 1.0f, grid, k::kNearest, k::ElementDraw{0xffffu}), 2);
+  EXPECT_EQ(k::quantize_code(v, 1.0f, grid, k::kNearest, k::ElementDraw{}), 2);
 }
 
 TEST(QuantizeMath, FakeQuantizeValueDefinesNonFiniteBehaviour) {
   const k::Levels grid{nullptr, 16};
   const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
-  EXPECT_TRUE(std::isnan(k::fake_quantize_value(nan, 1.0f, 1.0f, grid, k::kNearest, 0u)));
-  EXPECT_TRUE(std::isnan(k::fake_quantize_value(inf, 1.0f, 1.0f, grid, k::kNearest, 0u)));
-  EXPECT_TRUE(std::isnan(k::fake_quantize_value(-inf, 1.0f, 1.0f, grid, k::kNearest, 0u)));
-  EXPECT_TRUE(std::isnan(k::fake_quantize_value(0.5f, inf, 0.0f, grid, k::kNearest, 0u)));
-  EXPECT_TRUE(std::isnan(k::fake_quantize_value(0.5f, -1.0f, -1.0f, grid, k::kNearest, 0u)));
-  EXPECT_EQ(k::fake_quantize_value(0.5f, 0.0f, 0.0f, grid, k::kNearest, 0u), 0.0f) << "all-zero group";
+  EXPECT_TRUE(std::isnan(k::fake_quantize_value(nan, 1.0f, 1.0f, grid, k::kNearest, k::ElementDraw{})));
+  EXPECT_TRUE(std::isnan(k::fake_quantize_value(inf, 1.0f, 1.0f, grid, k::kNearest, k::ElementDraw{})));
+  EXPECT_TRUE(std::isnan(k::fake_quantize_value(-inf, 1.0f, 1.0f, grid, k::kNearest, k::ElementDraw{})));
+  EXPECT_TRUE(std::isnan(k::fake_quantize_value(0.5f, inf, 0.0f, grid, k::kNearest, k::ElementDraw{})));
+  EXPECT_TRUE(std::isnan(k::fake_quantize_value(0.5f, -1.0f, -1.0f, grid, k::kNearest, k::ElementDraw{})));
+  EXPECT_EQ(k::fake_quantize_value(0.5f, 0.0f, 0.0f, grid, k::kNearest, k::ElementDraw{}), 0.0f) << "all-zero group";
   // A valid value: L[code] * s, clamped to the range.
-  EXPECT_EQ(k::fake_quantize_value(3.0f, 2.0f, 0.5f, grid, k::kNearest, 0u), 2.0f);
-  EXPECT_EQ(k::fake_quantize_value(-9.0f, 2.0f, 0.5f, grid, k::kStochastic, 0u), -2.0f);
+  EXPECT_EQ(k::fake_quantize_value(3.0f, 2.0f, 0.5f, grid, k::kNearest, k::ElementDraw{}), 2.0f);
+  EXPECT_EQ(k::fake_quantize_value(-9.0f, 2.0f, 0.5f, grid, k::kStochastic, k::ElementDraw{}), -2.0f);
 }
 
 TEST(QuantizeMath, IntervalBitsIsCeilLog2OfIntervals) {

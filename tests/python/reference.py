@@ -3,7 +3,9 @@
 Philox4x32-10 follows Random123; quantization follows kernels/common/quantize.h and ZipML §2:
 v = clamp(x * (1/s), L_0, L_K-1), v in [L_j, L_j+1], frac = (v - L_j) / (L_j+1 - L_j) (for the
 uniform grid t = (v + 1)(K - 1)/2, j = min(floor t, K - 2), frac = t - j), stochastic rounding up iff
-(word >> 8) * 2^-24 < frac, nearest up iff frac >= 1/2, value = L_code * s.
+u < frac for u = (r + w 2^-32) 2^-16 (r: the element's 16-bit draw, half i % 2 of word i // 2; w: its
+tie word, word 2^63 + i, read only where r = floor(frac 2^16) < frac 2^16), nearest up iff
+frac >= 1/2, value = L_code * s.
 """
 
 from __future__ import annotations
@@ -29,14 +31,45 @@ def philox4x32_10(ctr, key):
     return [c.astype(np.uint32) for c in (c0, c1, c2, c3)]
 
 
-def philox_words(seed: int, offset: int, n: int) -> np.ndarray:
-    """The random word of elements 0..n-1 of stream (seed, offset)."""
+def philox_words_at(seed: int, offset: int, index) -> np.ndarray:
+    """Words `index` (uint64 array) of stream (seed, offset): counter (index // 4, offset), key seed."""
     seed &= (1 << 64) - 1
-    blocks = np.arange((n + 3) // 4, dtype=np.uint64)
+    index = np.asarray(index, dtype=np.uint64)
+    blocks = index >> np.uint64(2)
     ctr = [blocks & MASK32, blocks >> np.uint64(32),
            np.full_like(blocks, offset & 0xFFFFFFFF), np.full_like(blocks, (offset >> 32) & 0xFFFFFFFF)]
     words = philox4x32_10(ctr, (seed & 0xFFFFFFFF, seed >> 32))
-    return np.stack(words, axis=1).reshape(-1)[:n]
+    return np.choose((index & np.uint64(3)).astype(np.int64), words).astype(np.uint32)
+
+
+def philox_words(seed: int, offset: int, n: int) -> np.ndarray:
+    """Words 0..n-1 of stream (seed, offset)."""
+    return philox_words_at(seed, offset, np.arange(n, dtype=np.uint64))
+
+
+def draws(seed: int, offset: int, n: int) -> np.ndarray:
+    """The 16-bit draws of elements 0..n-1: the low, then the high half of each word."""
+    words = philox_words(seed, offset, (n + 1) // 2)
+    return np.stack([words & 0xFFFF, words >> 16], axis=1).reshape(-1)[:n].astype(np.int64)
+
+
+def tie_words(seed: int, offset: int, index) -> np.ndarray:
+    return philox_words_at(seed, offset, np.asarray(index, dtype=np.uint64) | np.uint64(1 << 63))
+
+
+def stochastic_up(frac: np.ndarray, seed: int, offset: int) -> np.ndarray:
+    """u < frac for element i's u = (r + w 2^-32) 2^-16, written as the definition: compare the
+    integer parts of f = frac 2^16 (exact in float64), then, on a tie, the next 32 bits."""
+    f = frac.astype(np.float64) * 65536.0
+    r = draws(seed, offset, frac.size)
+    floor_f = np.floor(np.nan_to_num(f, nan=-1.0))
+    up = r < floor_f
+    tie = (r == floor_f) & (f > r)
+    if tie.any():
+        at = np.nonzero(tie)[0]
+        w = tie_words(seed, offset, at).astype(np.float64)
+        up[at] = w < np.ceil((f[at] - r[at]) * 2.0**32)
+    return up
 
 
 def uniform_levels(k: int) -> np.ndarray:
@@ -94,8 +127,7 @@ def quantize_codes(x: torch.Tensor, bits: int, *, levels=None, scale=None, granu
     if rounding == "nearest":
         up = frac >= np.float32(0.5)
     else:
-        words = philox_words(seed, offset + stream_offset, xs.size)
-        up = (words >> 8).astype(np.float32) * np.float32(2.0**-24) < frac
+        up = stochastic_up(frac, seed, offset + stream_offset)
     return (j + up).astype(np.int64), s_el, table
 
 

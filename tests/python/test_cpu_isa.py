@@ -216,24 +216,36 @@ def test_unaligned_spans(rounding):
 
 @pytest.mark.parametrize("isa", AVAILABLE)
 def test_stochastic_rounding_at_its_threshold(isa):
-    """Round up iff r * 2^-24 < frac, r the top 24 bits of the element's Philox word, also where frac
-    sits exactly at r * 2^-24 or one step either side: inputs a random tensor meets with probability
-    2^-24 per element, where an off-by-one in the integer comparison of the AVX-512 kernels
-    (GridLevels::stochastic_code) would show. On the 1-bit grid with scale 1, x = -1 + F * 2^-23
-    gives t = frac = F * 2^-24 exactly, so the code is 1 iff r < F."""
+    """Round up iff u < frac, u = (r + w 2^-32) 2^-16, also where frac * 2^16 = f sits at the element's
+    draw r or one step either side, and in the ties r < f < r + 1 that only the tie word w decides:
+    inputs a random tensor meets with probability 2^-16 per element. On the 1-bit grid with scale 1,
+    x = -1 + f * 2^-15 gives t = frac = f * 2^-16 exactly. Covers the integer code of the uniform grid
+    (quantize, fake_quantize), the float comparison (a codebook, double sampling) and the lanes the
+    SIMD kernels recompute: a kernel that ignored w would round every tie the same way."""
     n, seed, offset = 4099, 12345, 6
-    r = ref.philox_words(seed, offset, n).astype(np.int64) >> 8
-    step = np.arange(n) % 3 - 1  # F = r - 1, r, r + 1
-    f = np.clip(r + step, 0, 1 << 24)
-    x = torch.from_numpy((-1.0 + f * 2.0**-23).astype(np.float32))
-    assert torch.equal(x.double(), torch.from_numpy(-1.0 + f * 2.0**-23))  # exact in float32
-    expected = torch.from_numpy((r < f) | (f == 1 << 24)).to(torch.uint8)  # F = 2^24: t = 1, the top level
-    assert 0 < int(expected.sum()) < n
+    r = ref.draws(seed, offset, n)
+    step = np.array([-1.0, 0.0, 1.0, 2.0**-9, 0.5, 1.0 - 2.0**-9])[np.arange(n) % 6]
+    f = np.clip(r + step, 0.0, 65536.0)
+    x = torch.from_numpy((-1.0 + f * 2.0**-15).astype(np.float32))
+    assert torch.equal(x.double(), torch.from_numpy(-1.0 + f * 2.0**-15))  # exact in float32
+    expected = ref.stochastic_up(torch.from_numpy(f * 2.0**-16).float().numpy(), seed, offset)
+    tie = (f > r) & (f < r + 1)
+    assert expected[tie].any() and not expected[tie].all()  # the tie word decides both ways
+    assert np.array_equal(expected[~tie], (r < f)[~tie])
+    expected = torch.from_numpy(expected).to(torch.uint8)
+    assert torch.equal(expected, torch.from_numpy(ref.quantize_codes(x, 1, scale=[1.0], seed=seed,
+                                                                     offset=offset)[0]).to(torch.uint8))
     assert torch_zipml.cpu_isa(isa) == isa
-    q = torch_zipml.quantize(x, 1, seed=seed, offset=offset, granularity=torch.tensor(1.0))
-    assert torch.equal(q.codes, expected)
-    fake = torch_zipml.fake_quantize(x, 1, seed=seed, offset=offset, granularity=torch.tensor(1.0))
-    assert torch.equal(fake, expected.float() * 2 - 1)
+    one = torch.tensor(1.0)
+    for levels in ("uniform", torch.tensor([-1.0, 1.0])):
+        q = torch_zipml.quantize(x, 1, levels=levels, seed=seed, offset=offset, granularity=one)
+        assert torch.equal(q.codes, expected)
+        fake = torch_zipml.fake_quantize(x, 1, levels=levels, seed=seed, offset=offset, granularity=one)
+        assert torch.equal(fake, expected.float() * 2 - 1)
+    ds = torch_zipml.double_sample(x, 1, seed=seed, offset=offset, granularity=one)
+    assert torch.equal(ds.first(), expected.float() * 2 - 1)
+    second = ref.quantize_codes(x, 1, scale=[1.0], seed=seed, offset=offset, stream_offset=1)[0]
+    assert torch.equal(ds.second(), torch.from_numpy(second).float() * 2 - 1)
 
 
 @needs_simd

@@ -40,11 +40,34 @@ def test_quantize_symmetric_is_unbiased():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_philox_words(isa):
+def test_quantize_symmetric_at_ties(isa):
+    """Values whose fraction times 2^16 lies strictly between the element's draw r and r + 1, where
+    the tie word decides (a random input meets one with probability 2^-16 per element), mixed with
+    fractions r - 1/256 (down), r (down) and r + 1 (up). On the 3 levels of 2 bits at scale 1,
+    v = -1 + k 2^-24 has frac = k 2^-24 exactly; k = 256 r + m, m = -1 .. 256."""
+    n, seed, offset = 1003, 2**63 + 5, (2 << 56) + 9
+    r = ref.philox_draws(seed, offset, np.arange(n)).astype(np.int64)
+    m = np.arange(n) % 258 - 1
+    k = np.maximum(256 * r + m, 0)
+    v = (-1.0 + k * 2.0**-24).astype(np.float32)
+    assert np.array_equal(v.astype(np.float64), -1.0 + k * 2.0**-24)
+    values, levels, total = _linear.quantize_symmetric(v, 1.0, 2, seed, offset, isa)
+    want = ref.quantize_uniform(v, 1.0, 3, seed, offset, np.arange(n)) - 1
+    tie = (m > 0) & (m < 256)
+    assert 0 < int((want[tie] + 1).sum()) < int(tie.sum())  # the tie words round some up, not all
+    np.testing.assert_array_equal(levels, want)
+    assert total == int(want.sum())
+    np.testing.assert_array_equal(values, ref.symmetric_values(want, 2, 1.0))
+    scalar = _linear.quantize_symmetric(v, 1.0, 2, seed, offset, "scalar")
+    assert values.tobytes() == scalar[0].tobytes() and levels.tobytes() == scalar[1].tobytes() and total == scalar[2]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_philox_draws(isa):
     # the last two wrap a counter word: inside a vector of 16 blocks, and inside a pair of them
-    for first, n in [(0, 200), (3, 130), (2**33 + 1, 70), (4 * (2**32 - 10), 100), (4 * (2**32 - 20), 200)]:
-        want = ref.philox_words(99, 2**40 + 7, np.arange(first, first + n, dtype=np.uint64))
-        np.testing.assert_array_equal(_linear.philox_words(99, 2**40 + 7, first, n, isa), want)
+    for first, n in [(0, 400), (3, 270), (2**33 + 1, 140), (8 * (2**32 - 10), 200), (8 * (2**32 - 20), 400)]:
+        want = ref.philox_draws(99, 2**40 + 7, np.arange(first, first + n, dtype=np.uint64))
+        np.testing.assert_array_equal(_linear.philox_draws(99, 2**40 + 7, first, n, isa), want)
 
 
 @pytest.mark.parametrize("isa", ISAS)

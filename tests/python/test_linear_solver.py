@@ -134,8 +134,7 @@ def integer_reference(t, w, w0, r0, r1, copy, step, seed, bits, model_bits, loss
     z = total * (np.float64(sw) / ((K - 1.0) * h)) + w0
     e = ref.loss_slope(loss, z, y)
     se = np.float32(np.abs(e).max())
-    t8 = ref.quantize_uniform(e.astype(np.float32), se, 255, ref.philox_words(seed, ref.RESIDUAL_STREAM + step,
-                                                                            np.arange(nb))) - 127
+    t8 = ref.quantize_uniform(e.astype(np.float32), se, 255, seed, ref.RESIDUAL_STREAM + step, np.arange(nb)) - 127
     G = C2.T @ t8
     coef = np.float64(se) / (nb * (K - 1.0) * 127)
     return (coef * (2 * G - (K - 1) * t8.sum()).astype(np.float64)).astype(np.float32), e.mean()

@@ -33,13 +33,35 @@ def philox_words(seed: int, offset: int, index) -> np.ndarray:
     return np.choose(lane, c).astype(np.uint32)
 
 
-def uniform24(words: np.ndarray) -> np.ndarray:
-    return (words >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)
+def philox_draws(seed: int, offset: int, index) -> np.ndarray:
+    """The 16-bit draw of each element index in stream (seed, offset): half index % 2 (the low half
+    first) of word index // 2."""
+    index = np.asarray(index, dtype=np.uint64)
+    words = philox_words(seed, offset, index >> np.uint64(1))
+    return (words >> (16 * (index & np.uint64(1))).astype(np.uint32)) & np.uint32(0xFFFF)
 
 
-def quantize_uniform(x, scale: float, count: int, words) -> np.ndarray:
-    """Stochastic rounding of x / scale on the uniform grid of `count` levels on [-1, 1]: the codes,
-    in the float32 arithmetic of kernels/common/quantize.h."""
+TIE_WORDS = 1 << 63
+
+
+def stochastic_up(frac, seed: int, offset: int, index) -> np.ndarray:
+    """Stochastic rounding of float32 fractions: up iff u < frac for u = (r + w 2^-32) 2^-16, r the
+    element's draw and w its tie word (word 2^63 + index of the stream). With f = frac 2^16, r decides
+    unless r = floor(f) < f; only there is w read: up iff w < ceil((f - r) 2^32). Exact in float64."""
+    f = np.asarray(frac, dtype=np.float32).astype(np.float64) * 65536.0
+    index = np.asarray(index, dtype=np.uint64)
+    r = philox_draws(seed, offset, index).astype(np.float64)
+    up = r < np.floor(f)
+    tie = (r == np.floor(f)) & (f > r)
+    w = philox_words(seed, offset, index[tie] | np.uint64(TIE_WORDS)).astype(np.float64)
+    up[tie] = w < np.ceil((f[tie] - r[tie]) * 2.0**32)
+    return up
+
+
+def quantize_uniform(x, scale: float, count: int, seed: int, offset: int, index) -> np.ndarray:
+    """Stochastic rounding of x / scale on the uniform grid of `count` levels on [-1, 1] with the
+    elements `index` of stream (seed, offset): the codes, in the float32 arithmetic of
+    kernels/common/quantize.h."""
     x = np.asarray(x, dtype=np.float32)
     s = np.float32(scale)
     inv = np.float32(1.0) / s if s > 0 and np.isfinite(np.float32(1.0) / s) else np.float32(0.0)
@@ -47,7 +69,7 @@ def quantize_uniform(x, scale: float, count: int, words) -> np.ndarray:
     t = (v + np.float32(1.0)) * (np.float32(0.5) * np.float32(count - 1))
     j = np.minimum(t.astype(np.int64), count - 2)
     frac = (t - j.astype(np.float32)).astype(np.float32)
-    return j + (uniform24(words) < frac)
+    return j + stochastic_up(frac, seed, offset, index)
 
 
 def symmetric_quantize(v, bits: int, seed: int, offset: int, index) -> np.ndarray:
@@ -55,7 +77,7 @@ def symmetric_quantize(v, bits: int, seed: int, offset: int, index) -> np.ndarra
     residuals) with scale max|v|: the integer levels -(2**(bits-1) - 1) .. 2**(bits-1) - 1."""
     v = np.asarray(v, dtype=np.float32)
     scale = np.float32(np.abs(v).max()) if v.size else np.float32(0)
-    codes = quantize_uniform(v, scale, (1 << bits) - 1, philox_words(seed, offset, index))
+    codes = quantize_uniform(v, scale, (1 << bits) - 1, seed, offset, index)
     return codes - ((1 << (bits - 1)) - 1), scale
 
 

@@ -36,15 +36,18 @@ std::vector<float> uniform_data(int64_t rows, int64_t cols, uint32_t seed) {
 }
 
 // Stochastic rounding of v on the uniform grid of 2^bits levels, from the definition (ZipML
-// Section 2): the interval by linear scan, round up iff the 24-bit uniform is below the fraction.
-int reference_code(float v, int bits, uint32_t word) {
+// Section 2): the interval by linear scan, round up iff u < frac for the uniform u = (r + w 2^-32)
+// 2^-16 of element `index` (r its 16-bit draw, w its tie word), compared exactly as u 2^48 < frac 2^48.
+int reference_code(float v, int bits, uint64_t seed, uint64_t stream, uint64_t index) {
   const int k = 1 << bits;
   const zk::Levels grid{nullptr, k};
   int j = 0;
   while (j + 1 < k - 1 && grid.at(j + 1) <= v) ++j;
   const float t = (v + 1.0f) * (0.5f * static_cast<float>(k - 1));
   const float frac = t - static_cast<float>(static_cast<int>(t) < k - 2 ? static_cast<int>(t) : k - 2);
-  return j + (static_cast<float>(word >> 8) * 5.9604644775390625e-08f < frac ? 1 : 0);
+  const double u48 = std::ldexp(static_cast<double>(zk::philox_draw(seed, stream, index)), 32) +
+                     static_cast<double>(zk::philox_tie_word(seed, stream, index));
+  return j + (u48 < std::ldexp(static_cast<double>(frac), 48) ? 1 : 0);
 }
 
 }  // namespace
@@ -60,11 +63,36 @@ TEST(Store, SamplesFollowTheCoresDefinition) {
       for (int sample = 0; sample < 2; ++sample)
         for (int64_t r = 0; r < rows; ++r)
           for (int64_t c = 0; c < cols; ++c) {
-            const uint32_t word = zk::philox_word(77, copy * 2 + sample, r * cols + c);
-            ASSERT_EQ(s.code(copy, r, c, sample), reference_code(u[r * cols + c], bits, word))
+            const int want = reference_code(u[r * cols + c], bits, 77, copy * 2 + sample, r * cols + c);
+            ASSERT_EQ(s.code(copy, r, c, sample), want)
                 << "bits " << bits << " copy " << copy << " sample " << sample;
           }
   }
+}
+
+// Values that tie sample 1 of copy 1 (stream 3): on the 1-bit grid u = -1 + k 2^-23 has frac =
+// k 2^-24 exactly, and k = 256 r + m (0 < m < 256) puts frac * 2^16 strictly between the element's
+// draw r and r + 1, where the draw alone would round down and the tie word rounds up with
+// probability m / 256. 300 columns: the SIMD draws too.
+TEST(Store, TiedDrawsReadTheTieWord) {
+  const int64_t rows = 3, cols = 300, n = rows * cols;
+  std::vector<float> u(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t k = 256 * static_cast<int64_t>(zk::philox_draw(77, 3, i)) + 1 + i % 255;
+    u[i] = static_cast<float>(-1.0 + std::ldexp(static_cast<double>(k), -23));
+  }
+  const zl::SampleStore s =
+      zl::SampleStore::build(u.data(), rows, cols, zl::FeatureLevels::make_uniform(1), 2, 2, false, 77, 2);
+  int ups = 0;
+  for (int copy = 0; copy < 2; ++copy)
+    for (int sample = 0; sample < 2; ++sample)
+      for (int64_t i = 0; i < n; ++i) {
+        const int code = s.code(copy, i / cols, i % cols, sample);
+        ASSERT_EQ(code, reference_code(u[i], 1, 77, copy * 2 + sample, i)) << "copy " << copy << " sample " << sample;
+        if (copy == 1 && sample == 1) ups += code;
+      }
+  EXPECT_GT(ups, 0);
+  EXPECT_LT(ups, n);
 }
 
 TEST(Store, PanelsHoldTheSameSamples) {
@@ -165,6 +193,21 @@ TEST(Kernels, VariantsAgreeWithTheScalarReference) {
     EXPECT_EQ(f, ref_f) << k->name;
     EXPECT_EQ(i8, ref_i) << k->name;
     EXPECT_EQ(k->dot(v.data(), ref_f.data(), 300), zl::scalar_kernels().dot(v.data(), ref_f.data(), 300)) << k->name;
+  }
+  // Draws that tie (as in TiedDrawsReadTheTieWord, on the 3 levels of 2 bits at scale 1: frac =
+  // k 2^-24 for v = -1 + k 2^-24), over [5, 295): an unaligned start and a short tail.
+  std::vector<float> tied(300);
+  for (int64_t j = 0; j < 300; ++j) {
+    const int64_t k = 256 * static_cast<int64_t>(zk::philox_draw(5, 6, j)) + 1 + j % 255;
+    tied[j] = static_cast<float>(-1.0 + std::ldexp(static_cast<double>(k), -24));
+  }
+  const int64_t tied_sum =
+      zl::scalar_kernels().quantize_symmetric(tied.data(), 5, 295, 1.0f, 2, 5, 6, ref_f.data(), ref_i.data());
+  EXPECT_GT(tied_sum, -290);  // some round up from -1 to 0
+  for (const zl::Kernels* k : variants) {
+    EXPECT_EQ(k->quantize_symmetric(tied.data(), 5, 295, 1.0f, 2, 5, 6, f.data(), i8.data()), tied_sum) << k->name;
+    EXPECT_EQ(f, ref_f) << k->name;
+    EXPECT_EQ(i8, ref_i) << k->name;
   }
 }
 
