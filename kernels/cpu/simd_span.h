@@ -421,6 +421,29 @@ inline typename V::I chunk_draws(const typename V::I (&words)[4], int r) {
   return V::draws(words[r >> 1], r & 1);
 }
 
+// A chunk's 8 result vectors: value(r, suspect) computes vector r and flags its suspect lanes,
+// fix(r, v, lanes) recomputes those, store(r, v) writes it. Ties are rare, so the suspects are checked
+// once per chunk, and all 8 vectors are stored after it.
+template <class V, class T, class Value, class Fix, class Store>
+inline void chunk_vectors(Value&& value, Fix&& fix, Store&& store) {
+  using M = typename V::M;
+  T v[8];
+  M suspect[8];
+  M any = V::no_lanes();
+#pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r) {
+    suspect[r] = V::no_lanes();
+    v[r] = value(r, suspect[r]);
+    any = V::or_mask(any, suspect[r]);
+  }
+  if (__builtin_expect(V::lane_bits(any) != 0, 0)) {
+    for (int r = 0; r < 8; ++r)
+      if (const unsigned lanes = V::lane_bits(suspect[r])) v[r] = fix(r, v[r], lanes);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r) store(r, v[r]);
+}
+
 // Each op runs a chunk's 8 vectors on xs (element `index` of the stream first), in place or staged.
 template <class V, class Levels, int kRounding>
 struct FakeQuantizeOp {
@@ -448,19 +471,16 @@ struct FakeQuantizeOp {
 
   template <bool kStream>
   void run(const float* xs, float* os, const I (*words)[4], uint64_t index) const {
-#pragma GCC unroll 8
-    for (int r = 0; r < 8; ++r) {
-      M suspect = V::no_lanes();
-      F v = q.fake(V::load(xs + r * V::kLanes), chunk_draws<V>(words[0], r), suspect);
-      if (const unsigned lanes = V::lane_bits(suspect); __builtin_expect(lanes != 0, 0)) {
-        v = fix(v, lanes, xs + r * V::kLanes, index + r * V::kLanes);
-      }
-      if constexpr (kStream) {
-        V::stream(os + r * V::kLanes, v);
-      } else {
-        V::store(os + r * V::kLanes, v);
-      }
-    }
+    chunk_vectors<V, F>(
+        [&](int r, M& suspect) { return q.fake(V::load(xs + r * V::kLanes), chunk_draws<V>(words[0], r), suspect); },
+        [&](int r, F v, unsigned lanes) { return fix(v, lanes, xs + r * V::kLanes, index + r * V::kLanes); },
+        [&](int r, F v) {
+          if constexpr (kStream) {
+            V::stream(os + r * V::kLanes, v);
+          } else {
+            V::store(os + r * V::kLanes, v);
+          }
+        });
   }
   void chunk(int64_t i, const I (*words)[4]) const {
     if (stream && reinterpret_cast<uintptr_t>(out + i) % (V::kLanes * sizeof(float)) == 0) {
@@ -510,17 +530,14 @@ struct QuantizeOp {
   }
 
   void run(const float* xs, uint8_t* cs, const I (*words)[4], uint64_t index) {
-#pragma GCC unroll 8
-    for (int r = 0; r < 8; ++r) {
-      const typename V::F xv = V::load(xs + r * V::kLanes);
-      finite = V::and_not(finite, V::not_finite(xv));
-      M suspect = V::no_lanes();
-      I code = q.code(xv, chunk_draws<V>(words[0], r), suspect);
-      if (const unsigned lanes = V::lane_bits(suspect); __builtin_expect(lanes != 0, 0)) {
-        code = fix(code, lanes, xs + r * V::kLanes, index + r * V::kLanes);
-      }
-      V::store_bytes(cs + r * V::kLanes, code);
-    }
+    chunk_vectors<V, I>(
+        [&](int r, M& suspect) {
+          const typename V::F xv = V::load(xs + r * V::kLanes);
+          finite = V::and_not(finite, V::not_finite(xv));
+          return q.code(xv, chunk_draws<V>(words[0], r), suspect);
+        },
+        [&](int r, I code, unsigned lanes) { return fix(code, lanes, xs + r * V::kLanes, index + r * V::kLanes); },
+        [&](int r, I code) { V::store_bytes(cs + r * V::kLanes, code); });
   }
   void chunk(int64_t i, const I (*words)[4]) { run(x + i, codes + i, words, first + i); }
   void partial(int64_t i, int64_t a, int64_t b, const I (*words)[4]) {
@@ -567,20 +584,17 @@ struct DoubleSampleOp {
   }
 
   void run(const float* xs, uint8_t* is, uint8_t* us, const I (*words)[4], uint64_t index) {
-#pragma GCC unroll 8
-    for (int r = 0; r < 8; ++r) {
-      const F xv = V::load(xs + r * V::kLanes);
-      finite = V::and_not(finite, V::not_finite(xv));
-      const Interval<V> iv = q.locate(xv);
-      V::store_bytes(is + r * V::kLanes, iv.j);
-      M suspect = V::no_lanes();
-      I bits = V::ori(V::bit_where(q.round_up(iv.frac, chunk_draws<V>(words[0], r), suspect), 1),
-                      V::bit_where(q.round_up(iv.frac, chunk_draws<V>(words[1], r), suspect), 2));
-      if (const unsigned lanes = V::lane_bits(suspect); __builtin_expect(lanes != 0, 0)) {
-        bits = fix(bits, lanes, xs + r * V::kLanes, index + r * V::kLanes);
-      }
-      V::store_bytes(us + r * V::kLanes, bits);
-    }
+    chunk_vectors<V, I>(
+        [&](int r, M& suspect) {
+          const F xv = V::load(xs + r * V::kLanes);
+          finite = V::and_not(finite, V::not_finite(xv));
+          const Interval<V> iv = q.locate(xv);
+          V::store_bytes(is + r * V::kLanes, iv.j);
+          return V::ori(V::bit_where(q.round_up(iv.frac, chunk_draws<V>(words[0], r), suspect), 1),
+                        V::bit_where(q.round_up(iv.frac, chunk_draws<V>(words[1], r), suspect), 2));
+        },
+        [&](int r, I bits, unsigned lanes) { return fix(bits, lanes, xs + r * V::kLanes, index + r * V::kLanes); },
+        [&](int r, I bits) { V::store_bytes(us + r * V::kLanes, bits); });
   }
   void chunk(int64_t i, const I (*words)[4]) { run(x + i, index + i, up + i, words, first + i); }
   void partial(int64_t i, int64_t a, int64_t b, const I (*words)[4]) {
