@@ -13,9 +13,11 @@ Every GPU test is skipped when torch.cuda.is_available() is false.
 
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 
+import reference as ref
 import torch_zipml as z
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -358,6 +360,27 @@ def test_absmax_matches_cpu(dtype):
         if inner > 10:
             x[0, 5], x[2, 9] = float("nan"), -float("inf")
         assert_identical(ops._absmax(x.cuda(), groups), ops._absmax(x, groups), f"{groups} runs of {inner}")
+
+
+@needs_cuda
+def test_ties_match_cpu():
+    """Stochastic rounding where the tie word decides (probability 2^-16 per element in random data):
+    on the 1-bit grid with scale 1, x = -1 + f * 2^-15 puts f = frac * 2^16 at the element's draw r,
+    one step either side, or strictly between r and r + 1 (as test_cpu_isa.py builds them)."""
+    n, seed, offset = 4099, 12345, 6
+    r = ref.draws(seed, offset, n)
+    step = np.array([-1.0, 0.0, 1.0, 2.0**-9, 0.5, 1.0 - 2.0**-9])[np.arange(n) % 6]
+    x = torch.from_numpy((-1.0 + np.clip(r + step, 0.0, 65536.0) * 2.0**-15).astype(np.float32))
+    one = torch.tensor(1.0)
+    for levels in ("uniform", torch.tensor([-1.0, 1.0])):
+        kw = dict(levels=levels, seed=seed, offset=offset, granularity=one)
+        cuda_kw = dict(kw, levels=levels if isinstance(levels, str) else levels.cuda(), granularity=one.cuda())
+        assert_identical(z.quantize(x.cuda(), 1, **cuda_kw).codes, z.quantize(x, 1, **kw).codes, f"codes {levels}")
+        assert_identical(z.fake_quantize(x.cuda(), 1, **cuda_kw), z.fake_quantize(x, 1, **kw), f"fake {levels}")
+    ds_cuda = z.double_sample(x.cuda(), 1, seed=seed, offset=offset, granularity=one.cuda())
+    ds = z.double_sample(x, 1, seed=seed, offset=offset, granularity=one)
+    assert_identical(ds_cuda.first(), ds.first(), "first sample")
+    assert_identical(ds_cuda.second(), ds.second(), "second sample")
 
 
 @needs_cuda
