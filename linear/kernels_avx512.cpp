@@ -22,6 +22,10 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,avx2,bmi2,popcnt")
 
+// The core's AVX-512 layer and its Philox over 16 counters per register (kernels/cpu).
+#include "../kernels/cpu/simd_avx512.h"
+#include "../kernels/cpu/simd_philox.h"
+
 namespace zipml::linear {
 namespace avx512 {
 
@@ -143,89 +147,25 @@ void decode_uniform(const uint8_t* index, const uint8_t* up, int64_t c0, int64_t
   }
 }
 
-// hi:lo = c * m for 16 lanes of 32 bits (m a broadcast constant): VPMULUDQ multiplies the even lanes,
-// and the odd ones moved down; a dword swap within each qword puts every half in its lane.
-inline void mulhilo(__m512i c, __m512i m, __m512i& hi, __m512i& lo) {
-  const __m512i even = _mm512_mul_epu32(c, m);
-  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(c, 32), m);
-  hi = _mm512_mask_shuffle_epi32(odd, 0x5555, even, _MM_PERM_CDAB);
-  lo = _mm512_mask_shuffle_epi32(even, 0xAAAA, odd, _MM_PERM_CDAB);
-}
-
-// Philox4x32-10, as kernels/common/philox.h, of kSets independent sets of 16 counters c[s][0..3]
-// under key (k0, k1), in place: the sets' rounds interleave, so that the multiplies' latency hides.
-template <int kSets>
-inline void philox16(__m512i (&c)[kSets][4], uint32_t k0, uint32_t k1) {
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int32_t>(kernel::kPhiloxMul0));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int32_t>(kernel::kPhiloxMul1));
-  for (int round = 0; round < 10; ++round) {
-    if (round > 0) {
-      k0 += kernel::kPhiloxWeyl0;
-      k1 += kernel::kPhiloxWeyl1;
-    }
-    const __m512i key0 = _mm512_set1_epi32(static_cast<int32_t>(k0));
-    const __m512i key1 = _mm512_set1_epi32(static_cast<int32_t>(k1));
-    for (int s = 0; s < kSets; ++s) {
-      __m512i hi0, lo0, hi1, lo1;
-      mulhilo(c[s][0], m0, hi0, lo0);
-      mulhilo(c[s][2], m1, hi1, lo1);
-      c[s][0] = _mm512_ternarylogic_epi32(hi1, c[s][1], key0, 0x96);
-      c[s][1] = lo1;
-      c[s][2] = _mm512_ternarylogic_epi32(hi0, c[s][3], key1, 0x96);
-      c[s][3] = lo0;
-    }
-  }
-}
-
-// The Philox words j .. j + 64 kSets - 1 (j a multiple of 4) of stream (seed, offset), in order:
-// ordered[4 s + r] holds words j + 64 s + 16 r .. + 15. False (nothing written) when the 32-bit low
-// counter word would wrap inside. Lane 4 q + r of a set computes block 4 r + q of its 16, so that the
-// in-lane 4 x 4 transpose of the unpacks below lands every word in place.
-template <int kSets>
-inline bool philox_words_ordered(uint64_t seed, uint64_t offset, uint64_t j, __m512i (&ordered)[4 * kSets]) {
-  const uint64_t block = j >> 2;
-  if ((block & 0xFFFFFFFFu) > 0xFFFFFFFFu - (16 * kSets - 1)) return false;
-  const __m512i lanes = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
-  __m512i c[kSets][4];
-  for (int s = 0; s < kSets; ++s) {
-    c[s][0] = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(block + 16 * s)), lanes);
-    c[s][1] = _mm512_set1_epi32(static_cast<int32_t>(block >> 32));
-    c[s][2] = _mm512_set1_epi32(static_cast<int32_t>(offset));
-    c[s][3] = _mm512_set1_epi32(static_cast<int32_t>(offset >> 32));
-  }
-  philox16<kSets>(c, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
-  for (int s = 0; s < kSets; ++s) {
-    const __m512i t0 = _mm512_unpacklo_epi32(c[s][0], c[s][1]), t1 = _mm512_unpackhi_epi32(c[s][0], c[s][1]);
-    const __m512i t2 = _mm512_unpacklo_epi32(c[s][2], c[s][3]), t3 = _mm512_unpackhi_epi32(c[s][2], c[s][3]);
-    ordered[4 * s + 0] = _mm512_unpacklo_epi64(t0, t2);
-    ordered[4 * s + 1] = _mm512_unpackhi_epi64(t0, t2);
-    ordered[4 * s + 2] = _mm512_unpacklo_epi64(t1, t3);
-    ordered[4 * s + 3] = _mm512_unpackhi_epi64(t1, t3);
-  }
-  return true;
-}
-
-// The draws of elements [2 W, 2 W + 32) from the 16 words W .. W + 15 (kernel::draw_of: a word's low
-// half first), in element order as 32-bit lanes: half h = 0 gives the first 16, h = 1 the next.
-inline __m512i draws16(__m512i words, int h) {
-  return _mm512_cvtepu16_epi32(h == 0 ? _mm512_castsi512_si256(words) : _mm512_extracti64x4_epi64(words, 1));
-}
+using Philox = cpu::PhiloxStream<cpu::Avx512>;
 
 // Stored as they are, the words of the elements from an even index on are their draws (little-endian).
+// Element e's words are in Philox block e / 8 (PhiloxStream::words: 64 words, 128 draws, per batch).
 void philox_draws(uint64_t seed, uint64_t offset, uint64_t first, int64_t n, uint16_t* out) {
   // Up to the first multiple of 8, and after the last whole group of 128: the scalar loop.
   const int64_t lead = std::min<int64_t>(n, (8 - static_cast<int64_t>(first & 7)) & 7);
   philox_draws_scalar(seed, offset, first, lead, out);
+  Philox stream;
+  stream.init(seed, offset);
+  __m512i words[2][2][4];  // [batch][stream][vector]
   int64_t i = lead;
   for (; i + 256 <= n; i += 256) {
-    __m512i ordered[8];
-    if (!philox_words_ordered<2>(seed, offset, (first + i) >> 1, ordered)) break;
-    for (int q = 0; q < 8; ++q) _mm512_storeu_si512(out + i + 32 * q, ordered[q]);
+    stream.words<2>((first + i) >> 3, words, 0);
+    for (int q = 0; q < 8; ++q) _mm512_storeu_si512(out + i + 32 * q, words[q >> 2][0][q & 3]);
   }
   for (; i + 128 <= n; i += 128) {
-    __m512i ordered[4];
-    if (!philox_words_ordered<1>(seed, offset, (first + i) >> 1, ordered)) break;
-    for (int q = 0; q < 4; ++q) _mm512_storeu_si512(out + i + 32 * q, ordered[q]);
+    stream.words<1>((first + i) >> 3, words, 0);
+    for (int q = 0; q < 4; ++q) _mm512_storeu_si512(out + i + 32 * q, words[0][0][q]);
   }
   philox_draws_scalar(seed, offset, first + i, n - i, out + i);
 }
@@ -282,15 +222,16 @@ int64_t quantize_symmetric(const float* v, int64_t begin, int64_t end, float sca
   // Up to the first multiple of 8 (a Philox call's elements), and what the vectors leave: the scalar kernel.
   int64_t j = std::min(end, (begin + 7) & ~int64_t{7});
   int64_t sum = j > begin ? quantize_symmetric_scalar(v, begin, j, scale, bits, seed, offset, out_f, out_i) : 0;
+  Philox stream;
+  stream.init(seed, offset);
+  __m512i words[2][2][4];  // [batch][stream][vector]: 16 words, 32 draws, each
   for (; j + 256 <= end; j += 256) {  // two sets of counters at once
-    __m512i ordered[8];
-    if (!philox_words_ordered<2>(seed, offset, static_cast<uint64_t>(j) >> 1, ordered)) break;  // would wrap: below
-    for (int q = 0; q < 16; ++q) quantize16(j + 16 * q, draws16(ordered[q >> 1], q & 1));
+    stream.words<2>(static_cast<uint64_t>(j) >> 3, words, 0);
+    for (int q = 0; q < 16; ++q) quantize16(j + 16 * q, cpu::Avx512::draws(words[q >> 3][0][(q >> 1) & 3], q & 1));
   }
   while (j + 16 <= end) {  // 16 values at a time from one set (128 draws)
-    __m512i ordered[4];
-    if (!philox_words_ordered<1>(seed, offset, static_cast<uint64_t>(j) >> 1, ordered)) break;  // scalar below
-    for (int q = 0; q < 8 && j + 16 <= end; ++q, j += 16) quantize16(j, draws16(ordered[q >> 1], q & 1));
+    stream.words<1>(static_cast<uint64_t>(j) >> 3, words, 0);
+    for (int q = 0; q < 8 && j + 16 <= end; ++q, j += 16) quantize16(j, cpu::Avx512::draws(words[0][0][q >> 1], q & 1));
   }
   // |level| < 2^15 and at most 2^16 lanes' worth per call in practice; reduce in 64 bits anyway.
   sum += _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(level_sum))) +
