@@ -1,6 +1,7 @@
 """Slow, obvious references for the zipml kernels, written from the definitions (numpy, float32).
 
-Philox4x32-10 follows Random123; quantization follows kernels/common/quantize.h and ZipML §2:
+The draws and the stochastic rounding rule are those of torch_zipml.linear.reference (Philox4x32-10
+as Random123 specifies it); quantization follows kernels/common/quantize.h and ZipML §2:
 v = clamp(x * (1/s), L_0, L_K-1), v in [L_j, L_j+1], frac = (v - L_j) / (L_j+1 - L_j) (for the
 uniform grid t = (v + 1)(K - 1)/2, j = min(floor t, K - 2), frac = t - j), stochastic rounding up iff
 u < frac for u = (r + w 2^-32) 2^-16 (r: the element's 16-bit draw, half i % 2 of word i // 2; w: its
@@ -13,63 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-M0, M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
-W0, W1 = 0x9E3779B9, 0xBB67AE85
-MASK32 = np.uint64(0xFFFFFFFF)
-
-
-def philox4x32_10(ctr, key):
-    """ctr: 4 arrays of uint32 words, key: 2 ints. Returns 4 arrays (vectorised over the counters)."""
-    c0, c1, c2, c3 = (np.asarray(c, dtype=np.uint64) for c in ctr)
-    k0, k1 = int(key[0]) & 0xFFFFFFFF, int(key[1]) & 0xFFFFFFFF
-    for r in range(10):
-        if r:
-            k0, k1 = (k0 + W0) & 0xFFFFFFFF, (k1 + W1) & 0xFFFFFFFF
-        p0, p1 = M0 * c0, M1 * c2
-        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ np.uint64(k0), p1 & MASK32,
-                          (p0 >> np.uint64(32)) ^ c3 ^ np.uint64(k1), p0 & MASK32)
-    return [c.astype(np.uint32) for c in (c0, c1, c2, c3)]
-
-
-def philox_words_at(seed: int, offset: int, index) -> np.ndarray:
-    """Words `index` (uint64 array) of stream (seed, offset): counter (index // 4, offset), key seed."""
-    seed &= (1 << 64) - 1
-    index = np.asarray(index, dtype=np.uint64)
-    blocks = index >> np.uint64(2)
-    ctr = [blocks & MASK32, blocks >> np.uint64(32),
-           np.full_like(blocks, offset & 0xFFFFFFFF), np.full_like(blocks, (offset >> 32) & 0xFFFFFFFF)]
-    words = philox4x32_10(ctr, (seed & 0xFFFFFFFF, seed >> 32))
-    return np.choose((index & np.uint64(3)).astype(np.int64), words).astype(np.uint32)
-
-
-def philox_words(seed: int, offset: int, n: int) -> np.ndarray:
-    """Words 0..n-1 of stream (seed, offset)."""
-    return philox_words_at(seed, offset, np.arange(n, dtype=np.uint64))
-
-
-def draws(seed: int, offset: int, n: int) -> np.ndarray:
-    """The 16-bit draws of elements 0..n-1: the low, then the high half of each word."""
-    words = philox_words(seed, offset, (n + 1) // 2)
-    return np.stack([words & 0xFFFF, words >> 16], axis=1).reshape(-1)[:n].astype(np.int64)
-
-
-def tie_words(seed: int, offset: int, index) -> np.ndarray:
-    return philox_words_at(seed, offset, np.asarray(index, dtype=np.uint64) | np.uint64(1 << 63))
-
-
-def stochastic_up(frac: np.ndarray, seed: int, offset: int) -> np.ndarray:
-    """u < frac for element i's u = (r + w 2^-32) 2^-16, written as the definition: compare the
-    integer parts of f = frac 2^16 (exact in float64), then, on a tie, the next 32 bits."""
-    f = frac.astype(np.float64) * 65536.0
-    r = draws(seed, offset, frac.size)
-    floor_f = np.floor(np.nan_to_num(f, nan=-1.0))
-    up = r < floor_f
-    tie = (r == floor_f) & (f > r)
-    if tie.any():
-        at = np.nonzero(tie)[0]
-        w = tie_words(seed, offset, at).astype(np.float64)
-        up[at] = w < np.ceil((f[at] - r[at]) * 2.0**32)
-    return up
+# One numpy definition of the draws and the rounding rule, shared with the linear solvers' tests.
+from torch_zipml.linear.reference import philox_draws, stochastic_up  # noqa: F401
 
 
 def uniform_levels(k: int) -> np.ndarray:
@@ -127,7 +73,7 @@ def quantize_codes(x: torch.Tensor, bits: int, *, levels=None, scale=None, granu
     if rounding == "nearest":
         up = frac >= np.float32(0.5)
     else:
-        up = stochastic_up(frac, seed, offset + stream_offset)
+        up = stochastic_up(frac, seed, offset + stream_offset, np.arange(xs.size))
     return (j + up).astype(np.int64), s_el, table
 
 

@@ -223,12 +223,12 @@ def test_stochastic_rounding_at_its_threshold(isa):
     (quantize, fake_quantize), the float comparison (a codebook, double sampling) and the lanes the
     SIMD kernels recompute: a kernel that ignored w would round every tie the same way."""
     n, seed, offset = 4099, 12345, 6
-    r = ref.draws(seed, offset, n)
+    r = ref.philox_draws(seed, offset, np.arange(n)).astype(np.int64)
     step = np.array([-1.0, 0.0, 1.0, 2.0**-9, 0.5, 1.0 - 2.0**-9])[np.arange(n) % 6]
     f = np.clip(r + step, 0.0, 65536.0)
     x = torch.from_numpy((-1.0 + f * 2.0**-15).astype(np.float32))
     assert torch.equal(x.double(), torch.from_numpy(-1.0 + f * 2.0**-15))  # exact in float32
-    expected = ref.stochastic_up(torch.from_numpy(f * 2.0**-16).float().numpy(), seed, offset)
+    expected = ref.stochastic_up((f * 2.0**-16).astype(np.float32), seed, offset, np.arange(n))
     tie = (f > r) & (f < r + 1)
     assert expected[tie].any() and not expected[tie].all()  # the tie word decides both ways
     assert np.array_equal(expected[~tie], (r < f)[~tie])

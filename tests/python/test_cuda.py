@@ -368,7 +368,7 @@ def test_ties_match_cpu():
     on the 1-bit grid with scale 1, x = -1 + f * 2^-15 puts f = frac * 2^16 at the element's draw r,
     one step either side, or strictly between r and r + 1 (as test_cpu_isa.py builds them)."""
     n, seed, offset = 4099, 12345, 6
-    r = ref.draws(seed, offset, n)
+    r = ref.philox_draws(seed, offset, np.arange(n)).astype(np.int64)
     step = np.array([-1.0, 0.0, 1.0, 2.0**-9, 0.5, 1.0 - 2.0**-9])[np.arange(n) % 6]
     x = torch.from_numpy((-1.0 + np.clip(r + step, 0.0, 65536.0) * 2.0**-15).astype(np.float32))
     one = torch.tensor(1.0)
