@@ -6,7 +6,8 @@
 #   3. tests         tests/python/test_cuda.py: every operator on the GPU against the CPU, bit for bit
 #   4. benchmark     bench/quantize_gpu.py: fake_quantize against the device-to-device copy
 #                    -> bench/results/quantize-gpu.json
-#   5. (hook)        the ZipConv2d step-overhead benchmark, once it exists (see HOOK below)
+#   5. step overhead bench/step_overhead.py: a ResNet-20 training step with ZipConv2d against
+#                    nn.Conv2d -> bench/results/step-overhead-gpu.json, if the budget allows
 #   6. sanitizer     compute-sanitizer memcheck and racecheck over every kernel on small inputs, if
 #                    the tool is there and the time budget allows
 # The whole check is meant to finish in under 8 minutes. A failing build stops it; failing tests do
@@ -47,7 +48,7 @@ copy_out() {
   mkdir -p "$OUT"
   local f
   for f in "$SUMMARY" "$LOGS"/*.log; do [ -f "$f" ] && cp -f "$f" "$OUT"/; done
-  for f in "$RESULTS"/quantize-gpu.json "$RESULTS"/zipconv-step-gpu.json; do
+  for f in "$RESULTS"/quantize-gpu.json "$RESULTS"/step-overhead-gpu.json; do
     if [ -f "$f" ] && [ "$f" -nt "$LOGS/.started" ]; then cp -f "$f" "$OUT"/; fi
   done
 }
@@ -92,13 +93,16 @@ phase tests test_cuda.log timeout 270 "$PYTHON" -m pytest tests/python/test_cuda
 phase benchmark quantize_gpu.log timeout 150 "$PYTHON" bench/quantize_gpu.py \
   --output "$RESULTS/quantize-gpu.json" || STATUS=1
 
-# ---- 5. HOOK: the ZipConv2d step-overhead benchmark ------------------------------------------------
-# HOOK (ZipConv2d step overhead): when its benchmark lands, run it here, with a timeout that keeps
-# the whole check under 8 minutes, writing $RESULTS/zipconv-step-gpu.json (copy_out above already
-# copies that file and every $LOGS/*.log to $OUT). For example:
-#   phase zipconv zipconv_step.log timeout 90 "$PYTHON" bench/zipconv_step.py --device cuda \
-#     --output "$RESULTS/zipconv-step-gpu.json" || STATUS=1
-# END HOOK
+# ---- 5. step overhead ------------------------------------------------------------------------------
+# After the kernels' own figures: it needs the budget the tests and the benchmark left, and leaves
+# the sanitizer at least a minute.
+if [ "$(remaining)" -lt 90 ]; then
+  say "== step overhead: skipped ($(remaining)s of the budget left)"
+else
+  limit=$(( $(remaining) - 60 < 120 ? $(remaining) - 60 : 120 ))
+  phase "step overhead" step_overhead.log timeout "$limit" "$PYTHON" bench/step_overhead.py --device cuda \
+    --reps 30 --out "$RESULTS/step-overhead-gpu.json" || STATUS=1
+fi
 
 # ---- 6. sanitizer --------------------------------------------------------------------------------
 if ! command -v compute-sanitizer > /dev/null; then
