@@ -297,11 +297,23 @@ inline void for_each_lane(unsigned bits, F&& f) {
 // ---- span loops -----------------------------------------------------------------------------------
 
 // Inputs are prefetched this many elements (4 KB) ahead, after a batch's Philox words and before its
-// loads. The hardware prefetcher alone leaves a loop this heavy in arithmetic waiting on memory.
-// Measured on 2^26 floats (2-core Xeon, AVX-512): stochastic fake_quantize went from 8.6 to 10.5
-// GB/s on one thread and from 17 to 20 on two; prefetching before the words, 2 KB ahead, or with a
-// hint that bypasses the caches gained less.
+// loads, on Intel processors only (prefetch_inputs). Measured on 2^26 floats, AVX-512:
+// - 2-core Xeon: the hardware prefetcher alone left this loop, heavy in arithmetic, waiting on
+//   memory; prefetching took stochastic fake_quantize from 8.6 to 10.5 GB/s on one thread and from
+//   17 to 20 on two (prefetching before the words, 2 KB ahead, or with a hint that bypasses the
+//   caches gained less).
+// - 2-core AMD EPYC (Zen 4): the same prefetch slowed it down, interleaved runs of each, medians:
+//   4-bit stochastic 17.1 -> 15.9 ms on two threads (14 runs each; 1 bit 16.8 -> 15.2, 8 bits 16.4 ->
+//   14.7, nearest 11.2 -> 10.7), 31.0-34.5 -> 27.9-31.8 ms on one; 16 KB or 64 KB ahead did not help.
 constexpr int64_t kPrefetchAhead = 1024;
+
+inline bool prefetch_inputs() {
+  static const bool intel = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("intel") != 0;
+  }();
+  return intel;
+}
 
 template <int64_t kElements>
 inline void prefetch_input(const float* at) {
@@ -331,9 +343,10 @@ void for_each_chunk(Op& op, int64_t n, uint64_t first, const SpanParams& p) {
     i += kChunk;
     block += V::kLanes;
   }
+  const bool prefetch = prefetch_inputs();
   for (; i + kBatch * kChunk <= n; i += kBatch * kChunk, block += kBatch * V::kLanes) {
     for (int s = 0; s < kStreams; ++s) streams[s].template words<kBatch>(block, words, s);
-    if (i + kPrefetchAhead < n) prefetch_input<kBatch * kChunk>(op.x + i + kPrefetchAhead);
+    if (prefetch && i + kPrefetchAhead < n) prefetch_input<kBatch * kChunk>(op.x + i + kPrefetchAhead);
     for (int b = 0; b < kBatch; ++b) op.chunk(i + b * kChunk, words[b]);
   }
   for (; i < n; i += kChunk, block += V::kLanes) {
