@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "simd_philox.h"
 #include "span.h"
@@ -294,6 +295,26 @@ inline void for_each_lane(unsigned bits, F&& f) {
   for (; bits != 0; bits &= bits - 1) f(__builtin_ctz(bits));
 }
 
+// v (lanes of type T: float for V::F, uint32_t for V::I) with its lanes in `lanes` replaced by
+// scalar(l): the suspect lanes, recomputed by the scalar definition. Out of line and cold, so that
+// the hot loops keep their registers.
+template <class V, class T, class Vec, class Scalar>
+__attribute__((noinline, cold)) Vec recompute_lanes(Vec v, unsigned lanes, Scalar&& scalar) {
+  constexpr bool kFloat = std::is_same_v<T, float>;
+  alignas(64) T lane[V::kLanes];
+  if constexpr (kFloat) {
+    V::store(lane, v);
+  } else {
+    V::storei(lane, v);
+  }
+  for_each_lane(lanes, [&](int l) { lane[l] = static_cast<T>(scalar(l)); });
+  if constexpr (kFloat) {
+    return V::load(lane);
+  } else {
+    return V::loadi(lane);
+  }
+}
+
 // ---- span loops -----------------------------------------------------------------------------------
 
 // Inputs are prefetched this many elements (4 KB) ahead, after a batch's Philox words and before its
@@ -401,23 +422,17 @@ struct FakeQuantizeOp {
   uint64_t first;
   bool stream;
 
-  // The suspect lanes of v (elements index.. of xs) by the scalar definition.
-  __attribute__((noinline, cold)) F fix(F v, unsigned lanes, const float* xs, uint64_t index) const {
-    alignas(64) float fixed[V::kLanes];
-    V::store(fixed, v);
-    const SpanParams& p = q.params;
-    for_each_lane(lanes, [&](int l) {
-      fixed[l] = kernel::fake_quantize_value(xs[l], p.scale, p.inv_scale, p.levels, p.rounding,
-                                             q.element_draw(index + l, 0));
-    });
-    return V::load(fixed);
-  }
-
   template <bool kStream>
   void run(const float* xs, float* os, const I (*words)[4], uint64_t index) const {
     chunk_vectors<V, F>(
         [&](int r, M& suspect) { return q.fake(V::load(xs + r * V::kLanes), chunk_draws<V>(words[0], r), suspect); },
-        [&](int r, F v, unsigned lanes) { return fix(v, lanes, xs + r * V::kLanes, index + r * V::kLanes); },
+        [&](int r, F v, unsigned lanes) {
+          const SpanParams& p = q.params;
+          return recompute_lanes<V, float>(v, lanes, [&, at = r * V::kLanes](int l) {
+            return kernel::fake_quantize_value(xs[at + l], p.scale, p.inv_scale, p.levels, p.rounding,
+                                               q.element_draw(index + at + l, 0));
+          });
+        },
         [&](int r, F v) {
           if constexpr (kStream) {
             V::stream(os + r * V::kLanes, v);
@@ -462,17 +477,6 @@ struct QuantizeOp {
   uint64_t first;
   M finite;
 
-  __attribute__((noinline, cold)) I fix(I code, unsigned lanes, const float* xs, uint64_t index) const {
-    alignas(64) uint32_t fixed[V::kLanes];
-    V::storei(fixed, code);
-    const SpanParams& p = q.params;
-    for_each_lane(lanes, [&](int l) {
-      fixed[l] = static_cast<uint32_t>(
-          kernel::quantize_code(xs[l], p.inv_scale, p.levels, p.rounding, q.element_draw(index + l, 0)));
-    });
-    return V::loadi(fixed);
-  }
-
   void run(const float* xs, uint8_t* cs, const I (*words)[4], uint64_t index) {
     chunk_vectors<V, I>(
         [&](int r, M& suspect) {
@@ -480,7 +484,13 @@ struct QuantizeOp {
           finite = V::and_not(finite, V::not_finite(xv));
           return q.code(xv, chunk_draws<V>(words[0], r), suspect);
         },
-        [&](int r, I code, unsigned lanes) { return fix(code, lanes, xs + r * V::kLanes, index + r * V::kLanes); },
+        [&](int r, I code, unsigned lanes) {
+          const SpanParams& p = q.params;
+          return recompute_lanes<V, uint32_t>(code, lanes, [&, at = r * V::kLanes](int l) {
+            return kernel::quantize_code(xs[at + l], p.inv_scale, p.levels, p.rounding,
+                                         q.element_draw(index + at + l, 0));
+          });
+        },
         [&](int r, I code) { V::store_bytes(cs + r * V::kLanes, code); });
   }
   void chunk(int64_t i, const I (*words)[4]) { run(x + i, codes + i, words, first + i); }
@@ -515,18 +525,6 @@ struct DoubleSampleOp {
   uint64_t first;
   M finite;
 
-  __attribute__((noinline, cold)) I fix(I bits, unsigned lanes, const float* xs, uint64_t index) const {
-    alignas(64) uint32_t fixed[V::kLanes];
-    V::storei(fixed, bits);
-    const SpanParams& p = q.params;
-    for_each_lane(lanes, [&](int l) {
-      const float frac = kernel::locate(kernel::normalize(xs[l], p.inv_scale, p.levels), p.levels).frac;
-      fixed[l] = static_cast<uint32_t>(kernel::round_up(frac, kernel::kStochastic, q.element_draw(index + l, 0)) |
-                                       kernel::round_up(frac, kernel::kStochastic, q.element_draw(index + l, 1)) << 1);
-    });
-    return V::loadi(fixed);
-  }
-
   void run(const float* xs, uint8_t* is, uint8_t* us, const I (*words)[4], uint64_t index) {
     chunk_vectors<V, I>(
         [&](int r, M& suspect) {
@@ -537,7 +535,14 @@ struct DoubleSampleOp {
           return V::ori(V::bit_where(q.round_up(iv.frac, chunk_draws<V>(words[0], r), suspect), 1),
                         V::bit_where(q.round_up(iv.frac, chunk_draws<V>(words[1], r), suspect), 2));
         },
-        [&](int r, I bits, unsigned lanes) { return fix(bits, lanes, xs + r * V::kLanes, index + r * V::kLanes); },
+        [&](int r, I bits, unsigned lanes) {
+          const SpanParams& p = q.params;
+          return recompute_lanes<V, uint32_t>(bits, lanes, [&, at = r * V::kLanes](int l) {
+            const float frac = kernel::locate(kernel::normalize(xs[at + l], p.inv_scale, p.levels), p.levels).frac;
+            return kernel::round_up(frac, kernel::kStochastic, q.element_draw(index + at + l, 0)) |
+                   kernel::round_up(frac, kernel::kStochastic, q.element_draw(index + at + l, 1)) << 1;
+          });
+        },
         [&](int r, I bits) { V::store_bytes(us + r * V::kLanes, bits); });
   }
   void chunk(int64_t i, const I (*words)[4]) { run(x + i, index + i, up + i, words, first + i); }
