@@ -53,7 +53,7 @@ void philox_draws_scalar(uint64_t seed, uint64_t offset, uint64_t first, int64_t
     const uint64_t index = first + i;
     const kernel::Philox4 block = kernel::philox_block(seed, offset, index >> 3);
     for (unsigned e = index & 7; e < 8 && i < n; ++e, ++i)
-      out[i] = static_cast<uint16_t>(kernel::draw_of(block.v[e >> 1], e));
+      out[i] = static_cast<uint16_t>(kernel::block_draw(block, e));
   }
 }
 
@@ -67,9 +67,8 @@ int64_t quantize_symmetric_scalar(const float* v, int64_t begin, int64_t end, fl
   while (j < end) {
     const kernel::Philox4 block = kernel::philox_block(seed, offset, static_cast<uint64_t>(j) >> 3);
     for (unsigned e = j & 7; e < 8 && j < end; ++e, ++j) {
-      const kernel::ElementDraw d{kernel::draw_of(block.v[e >> 1], e), seed, offset, static_cast<uint64_t>(j)};
-      const kernel::Interval at = kernel::locate(kernel::normalize(v[j], inv, grid), grid);
-      const int code = at.index + kernel::round_up(at.frac, kernel::kStochastic, d);
+      const kernel::ElementDraw d{kernel::block_draw(block, e), seed, offset, static_cast<uint64_t>(j)};
+      const int code = kernel::quantize_code(v[j], inv, grid, kernel::kStochastic, d);
       if (out_f) out_f[j] = grid.at(code) * scale;
       if (out_i) out_i[j] = static_cast<int8_t>(code - half);
       sum += code - half;

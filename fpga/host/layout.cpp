@@ -83,7 +83,7 @@ void quantize_codes(const float* u, int64_t rows, int64_t cols, int bits, int co
           if (sampling != Sampling::Nearest && (k == 0 || (index & 7) == 0))
             block = kernel::philox_block(seed, stream, index >> 3);
           const kernel::Interval& at = located[k];
-          const kernel::ElementDraw d{kernel::draw_of(block.v[(index >> 1) & 3], index), seed, stream, index};
+          const kernel::ElementDraw d{kernel::block_draw(block, index), seed, stream, index};
           const int rounding = sampling == Sampling::Nearest ? kernel::kNearest : kernel::kStochastic;
           const int up = kernel::round_up(at.frac, rounding, d);
           out[k] = static_cast<uint8_t>(at.index + up);

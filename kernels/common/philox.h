@@ -53,8 +53,11 @@ ZIPML_HD uint32_t philox_word(uint64_t seed, uint64_t offset, uint64_t index) {
 // one Philox call serves eight elements.
 ZIPML_HD uint32_t draw_of(uint32_t word, uint64_t index) { return (word >> (16 * (index & 1))) & 0xFFFFu; }
 
+// The draw of element `index` from its Philox block, philox_block(seed, offset, index / 8).
+ZIPML_HD uint32_t block_draw(const Philox4& block, uint64_t index) { return draw_of(block.v[(index >> 1) & 3], index); }
+
 ZIPML_HD uint32_t philox_draw(uint64_t seed, uint64_t offset, uint64_t index) {
-  return draw_of(philox_word(seed, offset, index >> 1), index);
+  return block_draw(philox_block(seed, offset, index >> 3), index);
 }
 
 // The tie word of element `index`: word 2^63 + index of the same stream, past every draw's word.

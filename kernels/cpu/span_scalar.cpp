@@ -22,7 +22,7 @@ inline void for_each_draw(int64_t n, uint64_t first, uint64_t seed, uint64_t off
     const uint64_t index = first + i;
     const kernel::Philox4 block = philox_block(seed, offset, index >> 3);
     for (unsigned k = index & 7; k < 8 && i < n; ++k, ++i)
-      f(i, kernel::ElementDraw{kernel::draw_of(block.v[k >> 1], k), seed, offset, first + i});
+      f(i, kernel::ElementDraw{kernel::block_draw(block, k), seed, offset, first + i});
   }
 }
 
@@ -50,8 +50,8 @@ bool double_sample_scalar(const float* x, uint8_t* index, uint8_t* up, int64_t n
     const kernel::Philox4 b1 = philox_block(p.seed, p.offset, at >> 3);
     const kernel::Philox4 b2 = philox_block(p.seed, p.offset + 1, at >> 3);
     for (unsigned k = at & 7; k < 8 && i < n; ++k, ++i) {
-      const kernel::ElementDraw d1{kernel::draw_of(b1.v[k >> 1], k), p.seed, p.offset, first + i};
-      const kernel::ElementDraw d2{kernel::draw_of(b2.v[k >> 1], k), p.seed, p.offset + 1, first + i};
+      const kernel::ElementDraw d1{kernel::block_draw(b1, k), p.seed, p.offset, first + i};
+      const kernel::ElementDraw d2{kernel::block_draw(b2, k), p.seed, p.offset + 1, first + i};
       finite &= kernel::is_finite(x[i]);
       const kernel::Interval iv = kernel::locate(kernel::normalize(x[i], p.inv_scale, p.levels), p.levels);
       index[i] = static_cast<uint8_t>(iv.index);
