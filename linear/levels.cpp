@@ -14,16 +14,15 @@ using detail::CandidateBins;
 // A histogram of `grid` equal bins over [-1, 1] merged between the candidates {min} + the grid
 // points strictly inside (min, max) + {max} (the core's level_histogram + histogram_bins).
 CandidateBins histogram_bins(const std::vector<float>& v, int64_t grid) {
-  std::vector<double> st(static_cast<size_t>(grid) * 3, 0.0);
+  std::vector<double> st(static_cast<size_t>(grid) * 2, 0.0);
   float lo = v[0], hi = v[0];
   const float half_bins = 0.5f * static_cast<float>(grid);
   for (float x : v) {
     lo = std::min(lo, x);
     hi = std::max(hi, x);
     const int64_t b = std::min<int64_t>(static_cast<int64_t>((x + 1.0f) * half_bins), grid - 1);
-    st[3 * b] += 1.0;
-    st[3 * b + 1] += x;
-    st[3 * b + 2] += static_cast<double>(x) * x;
+    st[2 * b] += 1.0;
+    st[2 * b + 1] += x;
   }
   return detail::merge_histogram(st.data(), grid, lo, hi);
 }

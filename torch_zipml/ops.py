@@ -308,7 +308,7 @@ def _(x, levels, codebook, granularity, scale):
 
 @torch.library.register_fake("zipml::_level_histogram")
 def _(x, scale, bins):
-    return x.new_empty((bins, 3), dtype=torch.float64), x.new_empty(2, dtype=torch.float32)
+    return x.new_empty((bins, 2), dtype=torch.float64), x.new_empty(2, dtype=torch.float32)
 
 
 @torch.library.register_fake("zipml::_pack")

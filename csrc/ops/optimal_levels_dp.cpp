@@ -10,18 +10,17 @@ namespace zipml::detail {
 namespace {
 
 struct PrefixSums {
-  std::vector<double> n, s1, s2;  // n[t] = sum of bins [0, t)
-  explicit PrefixSums(const CandidateBins& b) : n(b.count.size() + 1), s1(n.size()), s2(n.size()) {
+  std::vector<double> n, s1;  // n[t] = sum of bins [0, t)
+  explicit PrefixSums(const CandidateBins& b) : n(b.count.size() + 1), s1(n.size()) {
     for (size_t t = 0; t < b.count.size(); ++t) {
       n[t + 1] = n[t] + b.count[t];
       s1[t + 1] = s1[t] + b.sum[t];
-      s2[t + 1] = s2[t] + b.sum_sq[t];
     }
   }
-  // sum over x in the bins of (c_b - x)(x - c_a) = -c_a c_b n + (c_a + c_b) S1 - S2
+  // sum over x in the bins of (c_b - x)(x - c_a) + x^2 = (c_a + c_b) S1 - c_a c_b n
   double cost(const std::vector<double>& c, int64_t a, int64_t b) const {
-    const double cnt = n[b] - n[a], sx = s1[b] - s1[a], sxx = s2[b] - s2[a];
-    return -c[a] * c[b] * cnt + (c[a] + c[b]) * sx - sxx;
+    const double cnt = n[b] - n[a], sx = s1[b] - s1[a];
+    return (c[a] + c[b]) * sx - c[a] * c[b] * cnt;
   }
 };
 
@@ -37,10 +36,7 @@ CandidateBins distinct_value_bins(const std::vector<float>& sorted) {
     bins.count.back() += 1.0;
   }
   bins.count.pop_back();  // mass on the last point costs nothing in any interval
-  for (size_t t = 0; t < bins.count.size(); ++t) {
-    bins.sum.push_back(bins.count[t] * bins.points[t]);
-    bins.sum_sq.push_back(bins.count[t] * bins.points[t] * bins.points[t]);
-  }
+  for (size_t t = 0; t < bins.count.size(); ++t) bins.sum.push_back(bins.count[t] * bins.points[t]);
   return bins;
 }
 
@@ -62,18 +58,16 @@ CandidateBins merge_histogram(const double* stats, int64_t grid, float lo, float
   const int64_t intervals = static_cast<int64_t>(bins.points.size()) - 1;
   bins.count.assign(intervals, 0.0);
   bins.sum.assign(intervals, 0.0);
-  bins.sum_sq.assign(intervals, 0.0);
   for (int64_t j = 0; j < intervals; ++j) {
     for (int64_t t = first_bin[j]; t < first_bin[j + 1]; ++t) {
-      bins.count[j] += stats[3 * t];
-      bins.sum[j] += stats[3 * t + 1];
-      bins.sum_sq[j] += stats[3 * t + 2];
+      bins.count[j] += stats[2 * t];
+      bins.sum[j] += stats[2 * t + 1];
     }
   }
   return bins;
 }
 
-double interval_variance(const CandidateBins& bins, int64_t from, int64_t to) {
+double interval_cost(const CandidateBins& bins, int64_t from, int64_t to) {
   return PrefixSums(bins).cost(bins.points, from, to);
 }
 
@@ -84,7 +78,9 @@ std::vector<int64_t> optimal_candidate_subset(const CandidateBins& bins, int64_t
   if (m + 1 <= k) return all;
   const PrefixSums pre(bins);
   const double inf = std::numeric_limits<double>::infinity();
-  // best[b]: least variance of levels chosen among c[0..b] that end at c[b], using `layer` levels.
+  // best[b]: least cost of levels chosen among c[0..b] that end at c[b], using `layer` levels. The
+  // cost is the variance plus the sum of x^2 over bins [0, b), which is the same for every choice:
+  // the histogram need not hold the squares.
   std::vector<double> prev(m + 1, inf), best(m + 1, inf);
   std::vector<std::vector<int32_t>> choice(k, std::vector<int32_t>(m + 1, 0));
   prev[0] = 0.0;

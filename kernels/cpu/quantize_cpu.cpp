@@ -11,6 +11,7 @@
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -311,14 +312,57 @@ at::Tensor absmax_cpu(const at::Tensor& x_in, int64_t groups) {
 constexpr int64_t kStage = 256;                       // values binned, then accumulated
 constexpr int64_t kPieceElements = int64_t{1} << 16;  // elements per histogram piece
 constexpr int64_t kMaxPieces = 64;
+// Consecutive values go to kLanes interleaved sub-histograms, so that a run of values in one bin (the
+// zeros of a ReLU, a constant tensor) makes kLanes independent chains of read-modify-writes rather
+// than one whose every step waits for the previous store (a histogram of 2^20 values on one Zen 4
+// thread: 1.4 ms instead of 4.0 for a constant, 1.3 instead of 2.1 for a ReLU'd Gaussian).
+constexpr int kLanes = 4;
 
-// The histogram of one piece of the tensor: per bin the count, and the sums of v and v^2 side by side.
+// The histogram of one piece of the tensor: per bin the count and the sum of v, and the extremes.
 struct HistogramPiece {
   int64_t* count;
-  double* moments;
+  double* sum;
   float lo = std::numeric_limits<float>::infinity();
   float hi = -std::numeric_limits<float>::infinity();
   bool finite = true;
+};
+
+// A thread's kLanes sub-histograms of `bins` bins each, lane after lane.
+struct LaneHistograms {
+  std::vector<int64_t> count;
+  std::vector<double> sum;
+  int64_t bins;
+  explicit LaneHistograms(int64_t bins) : count(kLanes * bins), sum(kLanes * bins), bins(bins) {}
+
+  void clear() {
+    std::fill(count.begin(), count.end(), 0);
+    std::fill(sum.begin(), sum.end(), 0.0);
+  }
+  // Value i of the stage goes to lane i % kLanes.
+  void add(const float* v, const int32_t* bin, int64_t n) {
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+      for (int l = 0; l < kLanes; ++l) add_one(l, bin[i + l], v[i + l]);
+    for (int l = 0; i < n; ++i, ++l) add_one(l, bin[i], v[i]);
+  }
+  void add_one(int lane, int32_t bin_index, float v) {
+    const int64_t k = lane * bins + bin_index;
+    count[k] += 1;
+    sum[k] += static_cast<double>(v);
+  }
+  // The lanes added in lane order.
+  void store(HistogramPiece& piece) const {
+    for (int64_t j = 0; j < bins; ++j) {
+      int64_t c = 0;
+      double s = 0.0;
+      for (int l = 0; l < kLanes; ++l) {
+        c += count[l * bins + j];
+        s += sum[l * bins + j];
+      }
+      piece.count[j] = c;
+      piece.sum[j] = s;
+    }
+  }
 };
 
 // v = normalize(x) of n <= kStage values, their bins min((v + 1) * bins/2, bins - 1), and the extremes
@@ -362,26 +406,11 @@ void bin_values(const float* x, int64_t n, float inv, float half_bins, int32_t l
   }
 }
 
-void accumulate_bins(const float* v, const int32_t* bin, int64_t n, HistogramPiece& piece) {
-  for (int64_t i = 0; i < n; ++i) {
-    const int32_t k = bin[i];
-    const double d = v[i];
-    piece.count[k] += 1;
-#if defined(__SSE2__)
-    double* m = piece.moments + 2 * k;  // both sums in one read-modify-write
-    _mm_storeu_pd(m, _mm_add_pd(_mm_loadu_pd(m), _mm_set_pd(d * d, d)));
-#else
-    piece.moments[2 * k] += d;
-    piece.moments[2 * k + 1] += d * d;
-#endif
-  }
-}
-
 // Statistics of v = clamp(x / scale, -1, 1) for the variance-optimal levels: per bin of `bins`
-// equal bins over [-1, 1] the count, sum and sum of squares of the values in it (float64), and the
-// minimum and maximum value. The tensor is cut into pieces by its size alone, each summed in order
-// into its own histogram, and the pieces added in order: the float64 sums, and so the levels chosen
-// from them, do not depend on the thread count.
+// equal bins over [-1, 1] the count and the sum of the values in it (float64), and the minimum and
+// maximum value. The tensor is cut into pieces by its size alone, each summed in a fixed order into
+// its own histogram, and the pieces added in order: the float64 sums, and so the levels chosen from
+// them, do not depend on the thread count.
 std::tuple<at::Tensor, at::Tensor> level_histogram_cpu(const at::Tensor& x_in, const at::Tensor& scale_in,
                                                        int64_t bins) {
   TORCH_CHECK(bins >= 1 && bins <= (int64_t{1} << 30), "_level_histogram: bins must be from 1 to 2^30, got ", bins);
@@ -391,11 +420,11 @@ std::tuple<at::Tensor, at::Tensor> level_histogram_cpu(const at::Tensor& x_in, c
   const int64_t inner = scale.numel() ? numel / scale.numel() : 1;
   const int64_t pieces = std::clamp<int64_t>(numel / kPieceElements, 1, kMaxPieces);
   std::vector<int64_t> counts(static_cast<size_t>(pieces * bins), 0);
-  std::vector<double> moments(static_cast<size_t>(pieces * bins * 2), 0.0);
+  std::vector<double> sums(static_cast<size_t>(pieces * bins), 0.0);
   std::vector<HistogramPiece> parts(pieces);
   for (int64_t p = 0; p < pieces; ++p) {
     parts[p].count = counts.data() + p * bins;
-    parts[p].moments = moments.data() + p * bins * 2;
+    parts[p].sum = sums.data() + p * bins;
   }
   const float half_bins = 0.5f * static_cast<float>(bins);
   const int32_t last = static_cast<int32_t>(bins - 1);
@@ -405,8 +434,10 @@ std::tuple<at::Tensor, at::Tensor> level_histogram_cpu(const at::Tensor& x_in, c
     at::parallel_for(0, pieces, 1, [&](int64_t p0, int64_t p1) {
       float v[kStage];
       int32_t bin[kStage];
+      LaneHistograms lanes(bins);
       for (int64_t p = p0; p < p1; ++p) {
         HistogramPiece& piece = parts[p];
+        if (p > p0) lanes.clear();
         const int64_t end = (p + 1) * numel / pieces;
         for (int64_t begin = p * numel / pieces; begin < end;) {
           const int64_t group = begin / inner;
@@ -418,25 +449,29 @@ std::tuple<at::Tensor, at::Tensor> level_histogram_cpu(const at::Tensor& x_in, c
             for (int64_t b = 0; b < n; b += kStage) {
               const int64_t m = std::min(kStage, n - b);
               bin_values(xs + b, m, inv, half_bins, last, v, bin, piece);
-              accumulate_bins(v, bin, m, piece);
+              lanes.add(v, bin, m);
             }
           });
           begin = stop;
         }
+        lanes.store(piece);
       }
     });
   });
   bool finite = true;
   for (const HistogramPiece& piece : parts) finite &= piece.finite;
   TORCH_CHECK_VALUE(finite, "optimal_levels: x contains NaN or Inf (or the scale does)");
-  at::Tensor stats = at::zeros({bins, 3}, at::kDouble);
+  at::Tensor stats = at::empty({bins, 2}, at::kDouble);
   double* st = stats.data_ptr<double>();
-  for (int64_t p = 0; p < pieces; ++p) {
-    for (int64_t j = 0; j < bins; ++j) {
-      st[3 * j] += static_cast<double>(parts[p].count[j]);
-      st[3 * j + 1] += parts[p].moments[2 * j];
-      st[3 * j + 2] += parts[p].moments[2 * j + 1];
+  for (int64_t j = 0; j < bins; ++j) {
+    int64_t c = 0;
+    double s = 0.0;
+    for (int64_t p = 0; p < pieces; ++p) {
+      c += parts[p].count[j];
+      s += parts[p].sum[j];
     }
+    st[2 * j] = static_cast<double>(c);
+    st[2 * j + 1] = s;
   }
   float lo = parts[0].lo, hi = parts[0].hi;
   for (const HistogramPiece& piece : parts) {

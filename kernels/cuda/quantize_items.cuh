@@ -245,11 +245,10 @@ ZIPML_HD HistogramItem histogram_item(const T* x, bool aligned, int64_t item, in
 }
 
 // Order-independent sums for the histogram. A value a in [-1, 1] is truncated to a multiple of
-// 2^-72 (exact for |a| >= 2^-49, so for every float v with |v| >= 2^-49 and every v^2 >= 2^-25)
-// and split into three signed base-2^24 digits, a = sum_i digit_i * 2^(-24 (i + 1)), which are
-// summed as int64. Integer addition is associative, so sums accumulated by atomics in any order
-// are identical (a deterministic histogram), exact up to the truncation, and do not overflow
-// before 2^39 values.
+// 2^-72 (exact for every float with |a| >= 2^-49) and split into three signed base-2^24 digits,
+// a = sum_i digit_i * 2^(-24 (i + 1)), which are summed as int64. Integer addition is associative,
+// so sums accumulated by atomics in any order are identical (a deterministic histogram), exact up to
+// the truncation, and do not overflow before 2^39 values.
 constexpr int kFixedDigits = 3;
 
 struct FixedPoint {

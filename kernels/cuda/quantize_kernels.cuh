@@ -125,11 +125,11 @@ __device__ void block_min_max(float& lo, float& hi) {
 }
 
 // Per bin, kHistogramSlots int64 accumulators: the count, then the fixed-point digits of the sum of
-// v and of the sum of v^2 (quantize_items.cuh). Accumulated with atomics in a per-block copy in
-// shared memory (kSharedBins), merged into `acc`, or directly in `acc` when the bins do not fit in
-// shared memory; integer sums make the result independent of the order. Each block writes its min
-// and max of v to block_range[2 * block + {0, 1}].
-constexpr int kHistogramSlots = 1 + 2 * kFixedDigits;
+// v (quantize_items.cuh). Accumulated with atomics in a per-block copy in shared memory
+// (kSharedBins), merged into `acc`, or directly in `acc` when the bins do not fit in shared memory;
+// integer sums make the result independent of the order. Each block writes its min and max of v to
+// block_range[2 * block + {0, 1}].
+constexpr int kHistogramSlots = 1 + kFixedDigits;
 
 __device__ __forceinline__ void add_to(int64_t* slot, int64_t value) {
   if (value != 0) atomicAdd(reinterpret_cast<unsigned long long*>(slot), static_cast<unsigned long long>(value));
@@ -153,13 +153,10 @@ __global__ void __launch_bounds__(kThreads)
     const HistogramItem h = histogram_item(x, aligned, i, numel, groups, bins, half_bins, cursor, range);
     for (int l = 0; l < h.count; ++l) {
       const double v = h.v[l];
-      const FixedPoint sum = to_fixed(v), sum_sq = to_fixed(v * v);  // v * v is exact in float64
+      const FixedPoint sum = to_fixed(v);
       int64_t* bin = hist + kHistogramSlots * h.bin[l];
       add_to(bin, 1);
-      for (int d = 0; d < kFixedDigits; ++d) {
-        add_to(bin + 1 + d, sum.digit[d]);
-        add_to(bin + 1 + kFixedDigits + d, sum_sq.digit[d]);
-      }
+      for (int d = 0; d < kFixedDigits; ++d) add_to(bin + 1 + d, sum.digit[d]);
     }
   }
   if (!range.ok) *bad = 1;
@@ -174,13 +171,12 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// stats[b] = (count, sum of v, sum of v^2) of bin b in float64, from the accumulators.
+// stats[b] = (count, sum of v) of bin b in float64, from the accumulators.
 __global__ void __launch_bounds__(kThreads) histogram_stats_kernel(const int64_t* acc, int64_t bins, double* stats) {
   for (int64_t b = first_index(); b < bins; b += grid_stride()) {
     const int64_t* bin = acc + kHistogramSlots * b;
-    stats[3 * b] = static_cast<double>(bin[0]);
-    stats[3 * b + 1] = fixed_to_double(bin + 1);
-    stats[3 * b + 2] = fixed_to_double(bin + 1 + kFixedDigits);
+    stats[2 * b] = static_cast<double>(bin[0]);
+    stats[2 * b + 1] = fixed_to_double(bin + 1);
   }
 }
 

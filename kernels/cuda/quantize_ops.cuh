@@ -233,10 +233,10 @@ at::Tensor dequantize_codes(const at::Tensor& codes_in, const std::optional<at::
 }
 
 // Statistics of v = clamp(x / scale, -1, 1) for the variance-optimal levels, as on the CPU: per bin
-// of `bins` equal bins over [-1, 1] the count, sum and sum of squares (float64), and the minimum and
-// maximum of v. The sums are fixed-point (exact to 2^-72 per value, then rounded once), so they are
-// deterministic, and differ from the CPU's float64 running sums only by the CPU's rounding. Both
-// outputs stay on the device.
+// of `bins` equal bins over [-1, 1] the count and sum (float64), and the minimum and maximum of v.
+// The sums are fixed-point (exact to 2^-72 per value, then rounded once), so they are deterministic,
+// and differ from the CPU's float64 running sums only by the CPU's rounding. Both outputs stay on the
+// device.
 template <class Device>
 std::tuple<at::Tensor, at::Tensor> level_histogram(const at::Tensor& x_in, const at::Tensor& scale_in, int64_t bins) {
   const char* op = "optimal_levels";
@@ -245,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor> level_histogram(const at::Tensor& x_in, const
   const at::Tensor x = x_in.contiguous();
   const at::Tensor scale = scale_in.contiguous();
   check_device(scale, x, op, "scale");
-  at::Tensor stats = at::empty({bins, 3}, x.options().dtype(at::kDouble));
+  at::Tensor stats = at::empty({bins, 2}, x.options().dtype(at::kDouble));
   const int64_t numel = x.numel();
   if (numel == 0) {
     stats.zero_();

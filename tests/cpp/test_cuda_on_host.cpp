@@ -353,20 +353,19 @@ TEST_F(CudaOnHost, AbsmaxHasTheBitsOfTheCpuKernel) {
 }
 
 // The histogram of optimal_levels: counts and range exactly as on the CPU; sums within the CPU's
-// rounding, whose float64 running sum of n values of magnitude <= 1 errs by at most
+// rounding: a float64 sum of n values of magnitude <= 1, in any order, errs by at most
 // (n - 1) * 2^-53 * n (the fixed-point sums are exact to 2^-72 per value, then rounded once).
 void expect_histogram_matches_cpu(const at::Tensor& x, const at::Tensor& s, int64_t bins,
                                   const std::tuple<at::Tensor, at::Tensor>& actual) {
   const auto [expected_stats, expected_range] =
       cpu_op<LevelHistogram>("zipml::_level_histogram").call(x, s, bins);
   const auto& [stats, range] = actual;
+  ASSERT_EQ(stats.sizes(), expected_stats.sizes());
   EXPECT_TRUE(bitwise_equal(range, expected_range));
   EXPECT_TRUE(bitwise_equal(stats.select(1, 0), expected_stats.select(1, 0)));
   const at::Tensor n = expected_stats.select(1, 0);
   const at::Tensor tolerance = n * n * std::ldexp(1.0, -53) + n * std::ldexp(1.0, -72) + std::ldexp(1.0, -80);
-  for (int64_t moment : {1, 2})
-    EXPECT_TRUE((stats.select(1, moment) - expected_stats.select(1, moment)).abs().le(tolerance).all().item<bool>())
-        << "moment " << moment;
+  EXPECT_TRUE((stats.select(1, 1) - expected_stats.select(1, 1)).abs().le(tolerance).all().item<bool>()) << "sums";
 }
 
 TEST_F(CudaOnHost, LevelHistogramMatchesTheCpuAndIsTheSameForEveryGrid) {
@@ -386,8 +385,8 @@ TEST_F(CudaOnHost, LevelHistogramMatchesTheCpuAndIsTheSameForEveryGrid) {
           HostDevice::launches.clear();
           const auto result = zipml::cuda::level_histogram<HostDevice>(x, s, bins);
           ASSERT_EQ(HostDevice::launches.size(), 2u);  // the histogram, then the stats of its bins
-          // 7 int64 accumulators per bin in shared memory when they fit (with 1 KiB for the rest)
-          const size_t accumulators = 7 * 8 * bins;
+          // 4 int64 accumulators per bin in shared memory when they fit (with 1 KiB for the rest)
+          const size_t accumulators = 4 * 8 * bins;
           EXPECT_EQ(HostDevice::launches[0].shared_bytes, accumulators + 1024 <= optin ? accumulators : 0);
           // one wave of at most 2 blocks per multiprocessor, or one block per 256 items if fewer
           const int needed = static_cast<int>((zipml::cuda::items_of(kNumel) + 255) / 256);
